@@ -2,4 +2,12 @@
 //! throwaway Linux container and report the resource usage the kernel
 //! measured for it.
 
+pub mod cgroup;
 pub mod config;
+pub mod container;
+pub mod cli;
+pub mod outcome;
+pub mod plan;
+pub mod report;
+pub mod schedule;
+pub mod supervise;

@@ -1,0 +1,465 @@
+//! The command line: parses `cargo sandbox-test` arguments and runs the
+//! pipeline (plan, contain, supervise, report), returning the exit code.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::cgroup::{Caps, Controller, Layout, RunCgroups};
+use crate::config::{parse_duration, parse_size};
+use crate::container::{self, RootfsPlan, ZygoteHandle};
+use crate::plan::{self, BuildArgs, Filter, TestCase, Toolchain};
+use crate::report::{MessageFormat, Reporter, Summary};
+use crate::supervise::{Cancel, Context, RunOptions};
+
+/// Exit codes, one per kind of failure.
+pub mod exit_code {
+    /// Every test passed (or there were none to run).
+    pub const SUCCESS: i32 = 0;
+    /// An error of the runner itself.
+    pub const INTERNAL: i32 = 1;
+    /// Invalid command-line arguments or configuration.
+    pub const USAGE: i32 = 2;
+    /// One or more tests failed.
+    pub const TEST_FAILED: i32 = 100;
+    /// `cargo test --no-run` failed.
+    pub const BUILD_FAILED: i32 = 101;
+    /// The sandbox could not be set up (namespaces, mounts, cgroups).
+    pub const SETUP_FAILED: i32 = 102;
+    /// A test binary could not list its tests.
+    pub const LIST_FAILED: i32 = 104;
+    /// The run was interrupted by SIGINT or SIGTERM.
+    pub const INTERRUPTED: i32 = 130;
+}
+
+fn size_arg(text: &str) -> Result<u64, String> {
+    parse_size(text)
+}
+
+fn duration_arg(text: &str) -> Result<Duration, String> {
+    parse_duration(text)
+}
+
+fn cpus_arg(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("invalid CPU count {text:?}: expected a positive number such as 1 or 1.5")),
+    }
+}
+
+fn env_arg(text: &str) -> Result<(String, Option<String>), String> {
+    let (name, value) = match text.split_once('=') {
+        Some((n, v)) => (n, Some(v.to_string())),
+        None => (text, None),
+    };
+    if name.is_empty() || name.contains('\0') {
+        return Err(format!("invalid variable {text:?}: expected NAME or NAME=VALUE"));
+    }
+    Ok((name.to_string(), value))
+}
+
+/// Runs every test of a Rust workspace in its own throwaway Linux container.
+#[derive(Debug, Parser)]
+#[command(name = "cargo sandbox-test", version, about, after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub build: BuildArgs,
+
+    /// Run tests whose name contains one of these strings
+    #[arg(value_name = "FILTERS")]
+    pub filters: Vec<String>,
+    /// Match filters and --skip against whole test names
+    #[arg(long, help_heading = "Test selection")]
+    pub exact: bool,
+    /// Skip tests whose name contains this string (repeatable)
+    #[arg(long, value_name = "PATTERN", help_heading = "Test selection")]
+    pub skip: Vec<String>,
+    /// Run only ignored tests
+    #[arg(long, conflicts_with = "include_ignored", help_heading = "Test selection")]
+    pub ignored: bool,
+    /// Run ignored tests too
+    #[arg(long, help_heading = "Test selection")]
+    pub include_ignored: bool,
+    /// Print the tests that would run, then exit
+    #[arg(long, help_heading = "Test selection")]
+    pub list: bool,
+
+    /// Tests run at once [default: CPUs this process may use]
+    #[arg(short = 'j', long, value_name = "N", help_heading = "Running")]
+    pub jobs: Option<usize>,
+    /// Memory cap per test, swap included
+    #[arg(long, value_name = "SIZE", value_parser = size_arg, default_value = "2GiB", help_heading = "Caps")]
+    pub memory: u64,
+    /// CPU quota per test, in CPUs [default: no quota]
+    #[arg(long, value_name = "CPUS", value_parser = cpus_arg, help_heading = "Caps")]
+    pub cpus: Option<f64>,
+    /// Maximum tasks (processes and threads) per test
+    #[arg(long, value_name = "N", default_value_t = 1024, help_heading = "Caps")]
+    pub pids: u64,
+    /// Wall-clock timeout per test
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg, default_value = "5m", help_heading = "Caps")]
+    pub timeout: Duration,
+    /// Time between SIGTERM and SIGKILL when a test is stopped
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg, default_value = "2s", help_heading = "Caps")]
+    pub kill_grace: Duration,
+    /// How long to wait for processes a test leaves running
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg, default_value = "100ms", help_heading = "Caps")]
+    pub leak_timeout: Duration,
+    /// Fail tests that leave processes running
+    #[arg(long, help_heading = "Caps")]
+    pub fail_on_leak: bool,
+    /// Size cap of the tmpfs holding each container's writes
+    #[arg(long, value_name = "SIZE", value_parser = size_arg, default_value = "1GiB", help_heading = "Caps")]
+    pub tmpfs_size: u64,
+    /// Bytes of each output stream kept per test; the middle of longer output is dropped
+    #[arg(long, value_name = "SIZE", value_parser = size_arg, default_value = "1MiB", help_heading = "Caps")]
+    pub max_output: u64,
+
+    /// Give tests the host's network instead of a private loopback
+    #[arg(long, help_heading = "Sandbox")]
+    pub network: bool,
+    /// Set NAME=VALUE, or pass NAME from the host, into tests (repeatable)
+    #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = env_arg, help_heading = "Sandbox")]
+    pub env: Vec<(String, Option<String>)>,
+    /// Run without cgroups: no caps but rlimits, usage from wait4
+    #[arg(long, help_heading = "Sandbox")]
+    pub no_cgroups: bool,
+    /// Use read-only binds where copy-on-write overlays would go
+    #[arg(long, help_heading = "Sandbox")]
+    pub no_overlay: bool,
+
+    /// Output format of the run
+    #[arg(long, value_enum, default_value = "human", help_heading = "Reporting")]
+    pub message_format: MessageFormat,
+    /// Print diagnostics (repeat for more)
+    #[arg(short, long, action = clap::ArgAction::Count, help_heading = "Reporting")]
+    pub verbose: u8,
+
+    /// libtest arguments: filters, --exact, --skip PATTERN, --ignored, --include-ignored
+    #[arg(last = true, value_name = "TEST-ARGS")]
+    pub test_args: Vec<String>,
+}
+
+const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0    every test passed
+  1    internal error of the runner
+  2    invalid arguments or configuration
+  100  one or more tests failed
+  101  the build failed
+  102  the sandbox could not be set up
+  104  a test binary could not list its tests
+  130  interrupted by SIGINT or SIGTERM";
+
+impl Cli {
+    /// Builds the libtest filter from the options and the arguments after `--`.
+    fn filter(&self) -> Result<Filter, String> {
+        let mut filter = Filter {
+            patterns: self.filters.clone(),
+            skip: self.skip.clone(),
+            exact: self.exact,
+            ignored: self.ignored,
+            include_ignored: self.include_ignored,
+        };
+        let mut args = self.test_args.iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--exact" => filter.exact = true,
+                "--ignored" => filter.ignored = true,
+                "--include-ignored" => filter.include_ignored = true,
+                "--nocapture" | "--no-capture" | "--show-output" => {}
+                "--skip" => match args.next() {
+                    Some(p) => filter.skip.push(p.clone()),
+                    None => return Err("`--skip` after `--` needs a pattern".into()),
+                },
+                other if other.starts_with("--skip=") => filter.skip.push(other["--skip=".len()..].into()),
+                other if other.starts_with('-') => {
+                    return Err(format!(
+                        "unsupported test argument `{other}` after `--`: accepted are filters, \
+                         --exact, --skip PATTERN, --ignored and --include-ignored"
+                    ))
+                }
+                other => filter.patterns.push(other.to_string()),
+            }
+        }
+        Ok(filter)
+    }
+
+    fn jobs(&self) -> usize {
+        self.jobs
+            .filter(|j| *j > 0)
+            .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+            .unwrap_or(1)
+    }
+}
+
+/// Parses the process arguments, accepting the `sandbox-test` word cargo
+/// inserts when it runs `cargo sandbox-test`.
+pub fn parse_args() -> Cli {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "sandbox-test") {
+        args.remove(1);
+    }
+    Cli::parse_from(args)
+}
+
+/// Runs the pipeline. `zygote` was started before any thread.
+pub fn run(cli: Cli, zygote: ZygoteHandle) -> i32 {
+    let filter = match cli.filter() {
+        Ok(f) => f,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return exit_code::USAGE;
+        }
+    };
+    let jobs = cli.jobs();
+
+    let build = match plan::build(&cli.build) {
+        Ok(b) => b,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return exit_code::BUILD_FAILED;
+        }
+    };
+    let binary_count = build.binaries.len();
+    let tests = match plan::list(build.binaries.clone(), &filter, jobs) {
+        Ok(t) => t,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return exit_code::LIST_FAILED;
+        }
+    };
+    if cli.list {
+        print_list(&tests);
+        return exit_code::SUCCESS;
+    }
+
+    let toolchain = Toolchain::detect();
+    let staging = std::env::temp_dir().join(format!("cargo-sandbox-test.{}", std::process::id()));
+    let sandbox = match Sandbox::prepare(&cli, &build.workspace_root, &build.target_dir, &toolchain, staging, zygote)
+    {
+        Ok(s) => s,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return exit_code::SETUP_FAILED;
+        }
+    };
+    let code = sandbox.run_tests(&cli, &tests, binary_count, jobs);
+    sandbox.teardown();
+    code
+}
+
+fn print_list(tests: &[TestCase]) {
+    for test in tests {
+        let mark = if !test.run && test.ignored { " (ignored)" } else { "" };
+        println!("{} {}{mark}", test.binary.id, test.name);
+    }
+}
+
+/// The run-wide parts of the sandbox: the zygote, the cgroups, the staging
+/// directory and the root filesystem plan.
+struct Sandbox {
+    zygote: container::Zygote,
+    cgroups: Option<RunCgroups>,
+    staging: PathBuf,
+    home: PathBuf,
+    header: String,
+}
+
+impl Sandbox {
+    fn prepare(
+        cli: &Cli,
+        workspace: &Path,
+        target_dir: &Path,
+        toolchain: &Toolchain,
+        staging: PathBuf,
+        zygote: ZygoteHandle,
+    ) -> Result<Sandbox, String> {
+        std::fs::create_dir_all(&staging)
+            .map_err(|e| format!("cannot create the staging directory {}: {e}", staging.display()))?;
+        remove_stale_staging(&staging);
+
+        let mut extra = vec![(workspace.to_path_buf(), true), (target_dir.to_path_buf(), true)];
+        for dir in [&toolchain.rustup_home, &toolchain.cargo_home].into_iter().flatten() {
+            extra.push((dir.clone(), false));
+        }
+        let mut rootfs = container::rootfs::plan(staging.join("mnt"), &extra)
+            .map_err(|e| format!("cannot read the host's mounts: {e}"))?;
+        std::fs::create_dir_all(&rootfs.staging)
+            .map_err(|e| format!("cannot create {}: {e}", rootfs.staging.display()))?;
+        rootfs.overlay_refused = cli.no_overlay;
+        rootfs.hosts_file = write_hosts_file(&staging);
+
+        let cgroups = if cli.no_cgroups { None } else { Some(setup_cgroups(zygote.pid())?) };
+        let home = container_home();
+        let zygote = zygote.connect(&rootfs).map_err(|e| format!("cannot reach the container zygote: {e}"))?;
+        let header = describe(&rootfs, cgroups.as_ref(), cli);
+        Ok(Sandbox { zygote, cgroups, staging, home, header })
+    }
+
+    fn options(&self, cli: &Cli) -> RunOptions {
+        RunOptions {
+            caps: Caps { memory: Some(cli.memory), cpus: cli.cpus, pids: Some(cli.pids) },
+            timeout: cli.timeout,
+            kill_grace: cli.kill_grace,
+            leak_timeout: cli.leak_timeout,
+            fail_on_leak: cli.fail_on_leak,
+            tmpfs_size: cli.tmpfs_size,
+            max_output: cli.max_output as usize,
+            network: cli.network,
+            env: cli.env.clone(),
+            home: self.home.clone(),
+        }
+    }
+
+    fn run_tests(&self, cli: &Cli, tests: &[TestCase], binaries: usize, jobs: usize) -> i32 {
+        let options = self.options(cli);
+        let cancel = match Cancel::new() {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                eprintln!("error: cannot create a pipe: {e}");
+                return exit_code::INTERNAL;
+            }
+        };
+        let interrupted = watch_signals(Arc::clone(&cancel));
+        let ctx = Context {
+            zygote: &self.zygote,
+            cgroups: self.cgroups.as_ref(),
+            options: &options,
+            cancel: &cancel,
+            run_id: std::process::id(),
+        };
+        let reporter = Mutex::new(Reporter::new(cli.message_format, cli.fail_on_leak));
+        reporter.lock().expect("not poisoned").run_started(tests, binaries, jobs, &self.header);
+        let results = crate::schedule::run(&ctx, tests, jobs, &reporter);
+
+        let summary = Summary::of(&results, cli.fail_on_leak);
+        let setup_failed = results.iter().any(|r| r.outcome == crate::outcome::Outcome::SetupFailed);
+        let code = if setup_failed {
+            exit_code::SETUP_FAILED
+        } else if interrupted.load(Ordering::SeqCst) {
+            exit_code::INTERRUPTED
+        } else if summary.failed > 0 || summary.cancelled > 0 {
+            exit_code::TEST_FAILED
+        } else {
+            exit_code::SUCCESS
+        };
+        reporter.lock().expect("not poisoned").run_finished(&results, code);
+        if setup_failed {
+            if let Some(err) = results.iter().find_map(|r| r.setup_error.as_ref()) {
+                eprintln!("error: {err}");
+                if let Some(hint) = err.hint() {
+                    eprintln!("hint: {hint}");
+                }
+            }
+        }
+        code
+    }
+
+    fn teardown(&self) {
+        if let Some(c) = &self.cgroups {
+            c.teardown();
+        }
+        let _ = std::fs::remove_dir_all(&self.staging);
+    }
+}
+
+/// Creates the run's cgroups and warns once about missing controllers.
+fn setup_cgroups(zygote_pid: u32) -> Result<RunCgroups, String> {
+    let layout = Layout::detect().map_err(|e| format!("cannot read /proc/self/cgroup or mountinfo: {e}"))?;
+    let run = RunCgroups::setup(layout, &[std::process::id(), zygote_pid]).map_err(|e| e.to_string())?;
+    let essential = [Controller::Memory, Controller::Pids, Controller::Cpuacct];
+    let missing: Vec<String> = run
+        .missing
+        .iter()
+        .filter(|(c, _)| essential.contains(c))
+        .map(|(c, why)| format!("{} ({why})", c.name()))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "warning: running without the cgroup controllers {}; their caps are not enforced \
+             and their usage is reported as unavailable. Fix: run as root, or start the runner \
+             in a delegated cgroup (`systemd-run --user --scope -p Delegate=yes cargo sandbox-test`)",
+            missing.join(", ")
+        );
+    }
+    Ok(run)
+}
+
+/// Picks the test's HOME: the invoking user's home path when the container
+/// hides it anyway (so tools find the same path), else `/home/sandbox`.
+fn container_home() -> PathBuf {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    match home {
+        Some(h) if h.starts_with("/root") || h.starts_with("/home") => h,
+        _ => PathBuf::from("/home/sandbox"),
+    }
+}
+
+/// Writes the `/etc/hosts` the containers see: the host's entries plus the
+/// container's hostname, so it resolves without a network.
+fn write_hosts_file(staging: &Path) -> Option<PathBuf> {
+    let mut text = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    if !text.ends_with('\n') && !text.is_empty() {
+        text.push('\n');
+    }
+    text.push_str("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n127.0.1.1 sandbox\n");
+    let path = staging.join("hosts");
+    std::fs::write(&path, text).ok()?;
+    Some(path)
+}
+
+/// Removes staging directories of runs whose process is gone.
+fn remove_stale_staging(current: &Path) {
+    let Some(parent) = current.parent() else { return };
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("cargo-sandbox-test.")) else { continue };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn describe(rootfs: &RootfsPlan, cgroups: Option<&RunCgroups>, cli: &Cli) -> String {
+    let cgroup = match cgroups {
+        Some(c) => format!("cgroups {}", c.layout().kind()),
+        None => "no cgroups".into(),
+    };
+    let fs = if rootfs.overlay_refused { "read-only binds" } else { "overlay" };
+    let cpus = cli.cpus.map(|c| format!(", {c} CPUs")).unwrap_or_default();
+    format!(
+        "{cgroup}, {fs} root, memory {}, pids {}{cpus}, timeout {}",
+        crate::report::mib(cli.memory),
+        cli.pids,
+        humantime::format_duration(cli.timeout)
+    )
+}
+
+/// Starts a thread that turns SIGINT and SIGTERM into a cancellation of
+/// the run; `main` blocks both in every thread before any thread starts.
+/// Returns the flag the thread sets.
+fn watch_signals(cancel: Arc<Cancel>) -> Arc<AtomicBool> {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&interrupted);
+    let _ = std::thread::Builder::new().name("signals".into()).spawn(move || {
+        if termination_signals().wait().is_ok() {
+            flag.store(true, Ordering::SeqCst);
+            cancel.trigger();
+        }
+    });
+    interrupted
+}
+
+/// Returns the signals that stop a run.
+pub fn termination_signals() -> nix::sys::signal::SigSet {
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGINT);
+    set.add(nix::sys::signal::Signal::SIGTERM);
+    set
+}
