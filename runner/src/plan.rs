@@ -431,6 +431,11 @@ pub fn list(binaries: Vec<TestBinary>, filter: &Filter, jobs: usize) -> Result<V
             if !filter.selects(&test.name) {
                 continue;
             }
+            // With --ignored, libtest filters the other tests out rather
+            // than reporting them as ignored.
+            if filter.ignored && !test.ignored {
+                continue;
+            }
             test.run = filter.runs(test.ignored);
             tests.push(test);
         }
