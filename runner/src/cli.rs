@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::cgroup::{Caps, Controller, Layout, RunCgroups};
-use crate::config::{parse_duration, parse_size};
+use crate::config::{parse_duration, parse_size, Config, TestIdentity};
 use crate::container::{self, RootfsPlan, ZygoteHandle};
 use crate::plan::{self, BuildArgs, Filter, TestCase, Toolchain};
 use crate::report::{MessageFormat, Reporter, Summary};
@@ -87,27 +87,34 @@ pub struct Cli {
     #[arg(long, help_heading = "Test selection")]
     pub list: bool,
 
-    /// Tests run at once [default: CPUs this process may use]
+    /// Tests (or binaries, with --per-binary) run at once [default: CPUs this process may use]
     #[arg(short = 'j', long, value_name = "N", help_heading = "Running")]
     pub jobs: Option<usize>,
-    /// Memory cap per test, swap included
-    #[arg(long, value_name = "SIZE", value_parser = size_arg, default_value = "2GiB", help_heading = "Caps")]
-    pub memory: u64,
+    /// Run each test binary in one container instead of each test
+    #[arg(long, help_heading = "Running")]
+    pub per_binary: bool,
+    /// Profile of sandbox-test.toml to use
+    #[arg(long, value_name = "NAME", default_value = "default", help_heading = "Running")]
+    pub config_profile: String,
+
+    /// Memory cap per test, swap included [default: 2GiB]
+    #[arg(long, value_name = "SIZE", value_parser = size_arg, help_heading = "Caps")]
+    pub memory: Option<u64>,
     /// CPU quota per test, in CPUs [default: no quota]
     #[arg(long, value_name = "CPUS", value_parser = cpus_arg, help_heading = "Caps")]
     pub cpus: Option<f64>,
-    /// Maximum tasks (processes and threads) per test
-    #[arg(long, value_name = "N", default_value_t = 1024, help_heading = "Caps")]
-    pub pids: u64,
-    /// Wall-clock timeout per test
-    #[arg(long, value_name = "DURATION", value_parser = duration_arg, default_value = "5m", help_heading = "Caps")]
-    pub timeout: Duration,
+    /// Maximum tasks (processes and threads) per test [default: 1024]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Caps")]
+    pub pids: Option<u64>,
+    /// Wall-clock timeout per test [default: 5m]
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg, help_heading = "Caps")]
+    pub timeout: Option<Duration>,
     /// Time between SIGTERM and SIGKILL when a test is stopped
     #[arg(long, value_name = "DURATION", value_parser = duration_arg, default_value = "2s", help_heading = "Caps")]
     pub kill_grace: Duration,
-    /// How long to wait for processes a test leaves running
-    #[arg(long, value_name = "DURATION", value_parser = duration_arg, default_value = "100ms", help_heading = "Caps")]
-    pub leak_timeout: Duration,
+    /// How long to wait for processes a test leaves running [default: 100ms]
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg, help_heading = "Caps")]
+    pub leak_timeout: Option<Duration>,
     /// Fail tests that leave processes running
     #[arg(long, help_heading = "Caps")]
     pub fail_on_leak: bool,
@@ -124,7 +131,7 @@ pub struct Cli {
     /// Set NAME=VALUE, or pass NAME from the host, into tests (repeatable)
     #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = env_arg, help_heading = "Sandbox")]
     pub env: Vec<(String, Option<String>)>,
-    /// Run without cgroups: no caps but rlimits, usage from wait4
+    /// Run without cgroups: no memory, CPU or pids caps; usage from wait4
     #[arg(long, help_heading = "Sandbox")]
     pub no_cgroups: bool,
     /// Use read-only binds where copy-on-write overlays would go
@@ -134,6 +141,9 @@ pub struct Cli {
     /// Output format of the run
     #[arg(long, value_enum, default_value = "human", help_heading = "Reporting")]
     pub message_format: MessageFormat,
+    /// Print where each container's time went, per phase, after the run
+    #[arg(long, help_heading = "Reporting")]
+    pub timings: bool,
     /// Print diagnostics (repeat for more)
     #[arg(short, long, action = clap::ArgAction::Count, help_heading = "Reporting")]
     pub verbose: u8,
@@ -217,6 +227,13 @@ pub fn run(cli: Cli, zygote: ZygoteHandle) -> i32 {
     };
     let jobs = cli.jobs();
 
+    let config = match load_config(&cli) {
+        Ok(c) => c,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return exit_code::USAGE;
+        }
+    };
     let build = match plan::build(&cli.build) {
         Ok(b) => b,
         Err(err) => {
@@ -247,9 +264,63 @@ pub fn run(cli: Cli, zygote: ZygoteHandle) -> i32 {
             return exit_code::SETUP_FAILED;
         }
     };
-    let code = sandbox.run_tests(&cli, &tests, binary_count, jobs);
+    let code = sandbox.run_tests(&cli, &config, &tests, binary_count, jobs);
     sandbox.teardown();
     code
+}
+
+/// Loads `sandbox-test.toml` (or the Cargo.toml metadata table) of the
+/// workspace and checks that the selected profile exists.
+fn load_config(cli: &Cli) -> Result<Config, String> {
+    let metadata = plan::metadata(cli.build.manifest_path.as_deref()).map_err(|e| e.to_string())?;
+    let config = Config::load(metadata.workspace_root.as_std_path()).map_err(|e| e.to_string())?;
+    if !config.profile_names().contains(&cli.config_profile) {
+        return Err(format!(
+            "profile `{}` is not defined in {}; defined profiles: {}",
+            cli.config_profile,
+            config.origin().display(),
+            config.profile_names().join(", ")
+        ));
+    }
+    Ok(config)
+}
+
+/// Built-in caps, used where neither a flag nor the config file sets one.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const MEMORY: u64 = 2 << 30;
+    pub const PIDS: u64 = 1024;
+    pub const TIMEOUT: Duration = Duration::from_secs(300);
+    pub const LEAK_TIMEOUT: Duration = Duration::from_millis(100);
+}
+
+/// Resolves one test's options: flags win over the config file, which wins
+/// over the built-in defaults.
+fn options_for(cli: &Cli, config: &Config, test: &TestCase, home: &Path) -> Result<RunOptions, String> {
+    let identity = TestIdentity { package: &test.binary.package, binary: &test.binary.target, name: &test.name };
+    let settings = config.resolve(&cli.config_profile, &identity).map_err(|e| e.to_string())?;
+    let mut env: Vec<(String, Option<String>)> = Vec::new();
+    env.extend(settings.pass_env.iter().map(|n| (n.clone(), None)));
+    env.extend(settings.env.iter().map(|(k, v)| (k.clone(), Some(v.clone()))));
+    env.extend(cli.env.iter().cloned());
+    Ok(RunOptions {
+        caps: Caps {
+            memory: Some(cli.memory.or(settings.memory).unwrap_or(defaults::MEMORY)),
+            cpus: cli.cpus.or(settings.cpus),
+            pids: Some(cli.pids.or(settings.pids).unwrap_or(defaults::PIDS)),
+        },
+        timeout: cli.timeout.or(settings.timeout).unwrap_or(defaults::TIMEOUT),
+        kill_grace: cli.kill_grace,
+        leak_timeout: cli.leak_timeout.or(settings.leak_timeout).unwrap_or(defaults::LEAK_TIMEOUT),
+        fail_on_leak: cli.fail_on_leak || settings.fail_on_leak.unwrap_or(false),
+        tmpfs_size: cli.tmpfs_size,
+        max_output: cli.max_output as usize,
+        network: cli.network || settings.network.unwrap_or(false),
+        env,
+        home: home.to_path_buf(),
+        budgets: settings.budgets,
+    })
 }
 
 fn print_list(tests: &[TestCase]) {
@@ -300,23 +371,21 @@ impl Sandbox {
         Ok(Sandbox { zygote, cgroups, staging, home, header })
     }
 
-    fn options(&self, cli: &Cli) -> RunOptions {
-        RunOptions {
-            caps: Caps { memory: Some(cli.memory), cpus: cli.cpus, pids: Some(cli.pids) },
-            timeout: cli.timeout,
-            kill_grace: cli.kill_grace,
-            leak_timeout: cli.leak_timeout,
-            fail_on_leak: cli.fail_on_leak,
-            tmpfs_size: cli.tmpfs_size,
-            max_output: cli.max_output as usize,
-            network: cli.network,
-            env: cli.env.clone(),
-            home: self.home.clone(),
+    fn run_tests(&self, cli: &Cli, config: &Config, tests: &[TestCase], binaries: usize, workers: usize) -> i32 {
+        let mut failure = None;
+        let jobs = crate::schedule::jobs(tests, cli.per_binary, |test| {
+            match options_for(cli, config, test, &self.home) {
+                Ok(o) => Arc::new(o),
+                Err(err) => {
+                    failure.get_or_insert(err);
+                    Arc::new(options_for(cli, &Config::default(), test, &self.home).expect("defaults resolve"))
+                }
+            }
+        });
+        if let Some(err) = failure {
+            eprintln!("error: {err}");
+            return exit_code::USAGE;
         }
-    }
-
-    fn run_tests(&self, cli: &Cli, tests: &[TestCase], binaries: usize, jobs: usize) -> i32 {
-        let options = self.options(cli);
         let cancel = match Cancel::new() {
             Ok(c) => Arc::new(c),
             Err(e) => {
@@ -325,18 +394,12 @@ impl Sandbox {
             }
         };
         let interrupted = watch_signals(Arc::clone(&cancel));
-        let ctx = Context {
-            zygote: &self.zygote,
-            cgroups: self.cgroups.as_ref(),
-            options: &options,
-            cancel: &cancel,
-            run_id: std::process::id(),
-        };
-        let reporter = Mutex::new(Reporter::new(cli.message_format, cli.fail_on_leak));
-        reporter.lock().expect("not poisoned").run_started(tests, binaries, jobs, &self.header);
-        let results = crate::schedule::run(&ctx, tests, jobs, &reporter);
+        let ctx = Context { zygote: &self.zygote, cgroups: self.cgroups.as_ref(), cancel: &cancel };
+        let reporter = Mutex::new(Reporter::new(cli.message_format));
+        reporter.lock().expect("not poisoned").run_started(tests, binaries, workers, &self.header);
+        let results = crate::schedule::run(&ctx, tests, &jobs, workers, &reporter);
 
-        let summary = Summary::of(&results, cli.fail_on_leak);
+        let summary = Summary::of(&results);
         let setup_failed = results.iter().any(|r| r.outcome == crate::outcome::Outcome::SetupFailed);
         let code = if setup_failed {
             exit_code::SETUP_FAILED
@@ -348,6 +411,9 @@ impl Sandbox {
             exit_code::SUCCESS
         };
         reporter.lock().expect("not poisoned").run_finished(&results, code);
+        if cli.timings {
+            crate::report::print_timings(&results);
+        }
         if setup_failed {
             if let Some(err) = results.iter().find_map(|r| r.setup_error.as_ref()) {
                 eprintln!("error: {err}");
@@ -435,9 +501,9 @@ fn describe(rootfs: &RootfsPlan, cgroups: Option<&RunCgroups>, cli: &Cli) -> Str
     let cpus = cli.cpus.map(|c| format!(", {c} CPUs")).unwrap_or_default();
     format!(
         "{cgroup}, {fs} root, memory {}, pids {}{cpus}, timeout {}",
-        crate::report::mib(cli.memory),
-        cli.pids,
-        humantime::format_duration(cli.timeout)
+        crate::report::mib(cli.memory.unwrap_or(defaults::MEMORY)),
+        cli.pids.unwrap_or(defaults::PIDS),
+        humantime::format_duration(cli.timeout.unwrap_or(defaults::TIMEOUT))
     )
 }
 

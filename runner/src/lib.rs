@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod config;
 pub mod container;
 pub mod cli;
+pub mod libtest;
 pub mod outcome;
 pub mod plan;
 pub mod report;

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use crate::cgroup::CgroupUsage;
-use crate::container::{Rusage, SetupError, TestExit, Timings};
+use crate::container::{Rusage, SetupError, TestExit};
+use crate::supervise::Phases;
 
 /// What happened to one test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -79,7 +80,7 @@ pub struct Usage {
     /// Processes still running when the test ended, killed at teardown.
     pub leaked: Option<u32>,
     /// Where the container's time went.
-    pub timings: Option<Timings>,
+    pub phases: Option<Phases>,
 }
 
 impl Usage {

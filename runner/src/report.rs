@@ -26,7 +26,6 @@ pub enum MessageFormat {
 /// Writes the run's events as they happen.
 pub struct Reporter {
     format: MessageFormat,
-    fail_on_leak: bool,
     started: Instant,
 }
 
@@ -41,13 +40,13 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn of(results: &[TestResult], fail_on_leak: bool) -> Summary {
+    pub fn of(results: &[TestResult]) -> Summary {
         let mut s = Summary::default();
         for r in results {
             match r.outcome {
                 Outcome::Ignored => s.ignored += 1,
                 Outcome::Cancelled => s.cancelled += 1,
-                o if o.is_failure(fail_on_leak) => s.failed += 1,
+                _ if r.is_failure() => s.failed += 1,
                 _ => s.passed += 1,
             }
             if r.usage.leaked.unwrap_or(0) > 0 {
@@ -76,11 +75,12 @@ pub fn reason(result: &TestResult) -> Option<String> {
     let exit = match result.exit {
         Some(TestExit::Code(c)) => format!("exit code {c}"),
         Some(TestExit::Signal(s)) => format!("signal {s} ({})", signal_name(s)),
-        None => "no exit status".into(),
+        None => "no exit status of its own".into(),
     };
     let text = match result.outcome {
         Outcome::Passed | Outcome::Ignored => return None,
         Outcome::Leaked => format!("{} process(es) left running", result.usage.leaked.unwrap_or(0)),
+        Outcome::Failed if result.exit.is_none() => "failed".into(),
         Outcome::Failed | Outcome::Signaled => exit,
         Outcome::TimedOut => format!("timed out after {}", humantime::format_duration(result.timeout)),
         Outcome::OomKilled => match result.caps.memory {
@@ -101,12 +101,12 @@ pub fn reason(result: &TestResult) -> Option<String> {
 }
 
 /// Converts a result to the JSON object used by events and reports.
-pub fn result_json(result: &TestResult, fail_on_leak: bool) -> Value {
+pub fn result_json(result: &TestResult) -> Value {
     json!({
         "binary_id": result.binary_id,
         "name": result.name,
         "outcome": result.outcome,
-        "failed": result.outcome.is_failure(fail_on_leak),
+        "failed": result.is_failure(),
         "reason": reason(result),
         "exit": exit_json(result.exit),
         "usage": result.usage,
@@ -121,8 +121,8 @@ pub fn result_json(result: &TestResult, fail_on_leak: bool) -> Value {
 }
 
 impl Reporter {
-    pub fn new(format: MessageFormat, fail_on_leak: bool) -> Reporter {
-        Reporter { format, fail_on_leak, started: Instant::now() }
+    pub fn new(format: MessageFormat) -> Reporter {
+        Reporter { format, started: Instant::now() }
     }
 
     fn event(&self, value: Value) {
@@ -166,12 +166,12 @@ impl Reporter {
     pub fn test_finished(&mut self, result: &TestResult) {
         match self.format {
             MessageFormat::Json => {
-                let mut value = result_json(result, self.fail_on_leak);
+                let mut value = result_json(result);
                 value["event"] = json!("test-finished");
                 self.event(value);
             }
             MessageFormat::Human => {
-                let label = result.outcome.label(self.fail_on_leak);
+                let label = result.outcome.label(result.fail_on_leak);
                 let secs = result.usage.wall_time.or(result.usage.container_time).unwrap_or_default();
                 let memory = match result.usage.memory_peak {
                     Some(m) => mib(m),
@@ -191,7 +191,7 @@ impl Reporter {
 
     /// Reports the end of the run: failing tests' output and the summary.
     pub fn run_finished(&mut self, results: &[TestResult], exit_code: i32) -> Summary {
-        let summary = Summary::of(results, self.fail_on_leak);
+        let summary = Summary::of(results);
         let elapsed = self.started.elapsed();
         match self.format {
             MessageFormat::Json => self.event(json!({
@@ -200,6 +200,7 @@ impl Reporter {
                 "summary": summary,
                 "duration": elapsed.as_secs_f64(),
                 "exit_code": exit_code,
+                "runner_peak_rss": runner_peak_rss(),
             })),
             MessageFormat::Human => self.print_failures_and_summary(results, &summary, elapsed),
         }
@@ -208,7 +209,7 @@ impl Reporter {
 
     fn print_failures_and_summary(&self, results: &[TestResult], summary: &Summary, elapsed: Duration) {
         let failures: Vec<&TestResult> =
-            results.iter().filter(|r| r.outcome.is_failure(self.fail_on_leak) && r.outcome != Outcome::Cancelled).collect();
+            results.iter().filter(|r| r.is_failure() && r.outcome != Outcome::Cancelled).collect();
         for r in &failures {
             for (stream, captured) in [("STDOUT", &r.stdout), ("STDERR", &r.stderr)] {
                 if captured.is_empty() {
@@ -235,5 +236,48 @@ impl Reporter {
             summary.leaked,
         );
         eprintln!("Summary: {} passed, {} failed, {} skipped", summary.passed, summary.failed, summary.ignored);
+    }
+}
+
+/// Returns this process's peak resident set (VmHWM) in bytes.
+pub fn runner_peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Prints the median and 90th percentile of each container phase, so a
+/// user can see where the per-test time goes.
+pub fn print_timings(results: &[TestResult]) {
+    let phases: Vec<_> = results.iter().filter_map(|r| r.usage.phases).collect();
+    if phases.is_empty() {
+        return;
+    }
+    type Pick = fn(&crate::supervise::Phases) -> Option<Duration>;
+    let rows: [(&str, Pick); 6] = [
+        ("cgroup create + caps", |p| p.cgroup),
+        ("spawn (clone, maps, attach)", |p| p.spawn),
+        ("mounts + network in init", |p| p.mounts),
+        ("test process", |p| p.test),
+        ("leak wait", |p| p.leak_wait),
+        ("teardown (reap, usage, rmdir)", |p| p.teardown),
+    ];
+    eprintln!("\n     Timings over {} containers (median / p90, milliseconds)", phases.len());
+    for (label, pick) in rows {
+        let mut values: Vec<Duration> = phases.iter().filter_map(pick).collect();
+        if values.is_empty() {
+            continue;
+        }
+        values.sort();
+        let median = values[values.len() / 2];
+        let p90 = values[(values.len() * 9 / 10).min(values.len() - 1)];
+        eprintln!(
+            "{label:>32}  {:>8.3} / {:>8.3}",
+            median.as_secs_f64() * 1000.0,
+            p90.as_secs_f64() * 1000.0
+        );
+    }
+    if let Some(rss) = runner_peak_rss() {
+        eprintln!("{:>32}  {}", "runner peak RSS", mib(rss));
     }
 }

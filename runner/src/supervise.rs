@@ -4,15 +4,17 @@
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::cgroup::{Caps, RunCgroups};
-use crate::container::{InitReport, SetupError, Spec, SpawnError, TestExit, Zygote};
+use crate::cgroup::{Caps, RunCgroups, TestCgroup};
+use crate::container::{Container, InitReport, SetupError, Spec, SpawnError, TestExit, Zygote};
 use crate::outcome::{judge, Ending, Outcome, Usage};
-use crate::plan::TestCase;
+use crate::plan::{TestBinary, TestCase};
 
 /// Host variables a test may see. Everything else (CI secrets, tokens,
 /// `SSH_AUTH_SOCK`) is dropped unless `--env` passes it.
@@ -39,6 +41,8 @@ pub struct RunOptions {
     /// Variables set or passed through with `--env`.
     pub env: Vec<(String, Option<String>)>,
     pub home: PathBuf,
+    /// Limits judged after the test, from the config file.
+    pub budgets: crate::config::Budgets,
 }
 
 /// The run's interruption flag, with a pipe that becomes readable when it
@@ -78,11 +82,11 @@ pub struct Captured {
 }
 
 impl Captured {
-    fn new(limit: usize) -> Captured {
+    pub fn new(limit: usize) -> Captured {
         Captured { limit, ..Captured::default() }
     }
 
-    fn push(&mut self, data: &[u8]) {
+    pub fn push(&mut self, data: &[u8]) {
         let half = self.limit / 2;
         let room = half.saturating_sub(self.head.len());
         let (to_head, rest) = data.split_at(room.min(data.len()));
@@ -130,6 +134,15 @@ pub struct TestResult {
     pub stdout: Captured,
     pub stderr: Captured,
     pub setup_error: Option<SetupError>,
+    /// Whether leaked processes fail this test.
+    pub fail_on_leak: bool,
+}
+
+impl TestResult {
+    /// Returns whether this result fails the run.
+    pub fn is_failure(&self) -> bool {
+        self.outcome.is_failure(self.fail_on_leak)
+    }
 }
 
 impl TestResult {
@@ -146,6 +159,7 @@ impl TestResult {
             stdout: Captured::default(),
             stderr: Captured::default(),
             setup_error: None,
+            fail_on_leak: options.fail_on_leak,
         }
     }
 }
@@ -154,13 +168,11 @@ impl TestResult {
 pub struct Context<'a> {
     pub zygote: &'a Zygote,
     pub cgroups: Option<&'a RunCgroups>,
-    pub options: &'a RunOptions,
     pub cancel: &'a Cancel,
-    pub run_id: u32,
 }
 
 /// Builds the environment of the test process.
-fn test_env(test: &TestCase, options: &RunOptions) -> Vec<(OsString, OsString)> {
+fn test_env(binary: &TestBinary, options: &RunOptions) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = Vec::new();
     let mut set = |k: OsString, v: OsString| {
         env.retain(|(existing, _)| *existing != k);
@@ -175,7 +187,7 @@ fn test_env(test: &TestCase, options: &RunOptions) -> Vec<(OsString, OsString)> 
     set("HOME".into(), options.home.clone().into());
     set("TMPDIR".into(), "/tmp".into());
     set("CARGO_SANDBOX_TEST".into(), "1".into());
-    for (k, v) in &test.binary.env {
+    for (k, v) in &binary.env {
         set(k.into(), v.clone());
     }
     for (name, value) in &options.env {
@@ -191,35 +203,143 @@ fn test_env(test: &TestCase, options: &RunOptions) -> Vec<(OsString, OsString)> 
     env
 }
 
-/// Runs one test in its own container.
-pub fn run_test(ctx: &Context, test: &TestCase, id: u64) -> TestResult {
-    let options = ctx.options;
-    let mut result = TestResult::not_run(test, Outcome::SetupFailed, options);
-    let started = Instant::now();
+/// Where one container's time went, from the runner's side and init's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Phases {
+    /// Creating the cgroup and writing its caps.
+    #[serde(with = "crate::outcome::opt_secs")]
+    pub cgroup: Option<Duration>,
+    /// From the spawn request to the zygote's reply: clone, uid map,
+    /// joining the cgroup.
+    #[serde(with = "crate::outcome::opt_secs")]
+    pub spawn: Option<Duration>,
+    /// Init's mounts, hostname and loopback, up to the test's fork.
+    #[serde(with = "crate::outcome::opt_secs")]
+    pub mounts: Option<Duration>,
+    /// The test process, from fork to exit.
+    #[serde(with = "crate::outcome::opt_secs")]
+    pub test: Option<Duration>,
+    /// Waiting for processes the test left behind.
+    #[serde(with = "crate::outcome::opt_secs")]
+    pub leak_wait: Option<Duration>,
+    /// From init's report to the cgroup's removal: reaping, usage, cleanup.
+    #[serde(with = "crate::outcome::opt_secs")]
+    pub teardown: Option<Duration>,
+}
 
-    let cgroup = match ctx.cgroups.map(|c| c.create_test(&format!("t{id}"), &options.caps)).transpose() {
-        Ok(c) => c,
-        Err(err) => {
-            result.setup_error = Some(SetupError {
-                step: "create the test cgroup".into(),
-                path: String::new(),
-                errno: 0,
-                detail: err.to_string(),
-            });
-            return result;
+/// What one container run produced.
+struct ContainerRun {
+    ending: Ending,
+    usage: Usage,
+    stdout: Captured,
+    stderr: Captured,
+}
+
+impl ContainerRun {
+    fn failed_setup(error: SetupError) -> ContainerRun {
+        ContainerRun {
+            ending: Ending { setup_error: Some(error), ..Ending::default() },
+            usage: Usage::default(),
+            stdout: Captured::default(),
+            stderr: Captured::default(),
         }
-    };
+    }
+}
 
+/// Runs one test in its own container.
+pub fn run_test(ctx: &Context, test: &TestCase, options: &RunOptions, id: u64) -> TestResult {
     let mut args: Vec<OsString> = vec!["--exact".into(), test.name.clone().into(), "--nocapture".into()];
     if test.ignored {
         args.push("--ignored".into());
     }
+    let run = run_container(ctx, &test.binary, args, options, id);
+    let mut result = TestResult::not_run(test, Outcome::SetupFailed, options);
+    result.outcome = judge(&run.ending, &run.usage);
+    result.exit = run.ending.exit;
+    result.usage = run.usage;
+    result.stdout = run.stdout;
+    result.stderr = run.stderr;
+    result.setup_error = run.ending.setup_error;
+    result
+}
+
+/// Runs the selected tests of one binary in a single container, with
+/// libtest's own parallelism and capture, and reads each test's verdict
+/// from libtest's output. Usage figures belong to the whole binary, so
+/// they are reported on the binary's first test only.
+pub fn run_binary(ctx: &Context, tests: &[&TestCase], options: &RunOptions, id: u64) -> Vec<TestResult> {
+    let Some(first) = tests.first() else { return Vec::new() };
+    let mut args: Vec<OsString> = vec!["--exact".into()];
+    args.extend(tests.iter().map(|t| OsString::from(&t.name)));
+    let any_ignored = tests.iter().any(|t| t.ignored);
+    let all_ignored = tests.iter().all(|t| t.ignored);
+    if all_ignored {
+        args.push("--ignored".into());
+    } else if any_ignored {
+        args.push("--include-ignored".into());
+    }
+    let run = run_container(ctx, &first.binary, args, options, id);
+    let verdicts = crate::libtest::parse_output(&run.stdout.text());
+    let binary_outcome = judge(&run.ending, &run.usage);
+    let mut results = Vec::with_capacity(tests.len());
+    for (index, test) in tests.iter().enumerate() {
+        let mut result = TestResult::not_run(test, binary_outcome, options);
+        match verdicts.results.get(test.name.as_str()) {
+            Some(crate::libtest::Verdict::Ok) => result.outcome = Outcome::Passed,
+            Some(crate::libtest::Verdict::Failed) => result.outcome = Outcome::Failed,
+            Some(crate::libtest::Verdict::Ignored) => result.outcome = Outcome::Ignored,
+            // No verdict line: the binary died before this test finished,
+            // so the container's outcome is this test's.
+            None if binary_outcome == Outcome::Passed => result.outcome = Outcome::Failed,
+            None => {}
+        }
+        if let Some(output) = verdicts.output.get(test.name.as_str()) {
+            result.stdout = Captured::new(options.max_output);
+            result.stdout.push(output.as_bytes());
+        }
+        if index == 0 {
+            result.usage = run.usage;
+            result.exit = run.ending.exit;
+            result.setup_error = run.ending.setup_error.clone();
+            if result.outcome.is_failure(options.fail_on_leak) && verdicts.output.is_empty() {
+                result.stdout = run.stdout.clone();
+                result.stderr = run.stderr.clone();
+            }
+        }
+        results.push(result);
+    }
+    results
+}
+
+fn create_cgroup(ctx: &Context, options: &RunOptions, id: u64) -> Result<Option<TestCgroup>, SetupError> {
+    ctx.cgroups
+        .map(|c| c.create_test(&format!("t{id}"), &options.caps))
+        .transpose()
+        .map_err(|err| SetupError {
+            step: "create the test cgroup".into(),
+            path: String::new(),
+            errno: 0,
+            detail: err.to_string(),
+        })
+}
+
+/// Starts a container for `binary`, supervises it to the end, and collects
+/// its output and usage.
+fn run_container(ctx: &Context, binary: &TestBinary, args: Vec<OsString>, options: &RunOptions, id: u64) -> ContainerRun {
+    let started = Instant::now();
+    let mut phases = Phases::default();
+    let cgroup = match create_cgroup(ctx, options, id) {
+        Ok(c) => c,
+        Err(error) => return ContainerRun::failed_setup(error),
+    };
+    phases.cgroup = Some(started.elapsed());
+
     let spec = Spec {
         id,
-        program: test.binary.path.clone(),
+        program: binary.path.clone(),
         args,
-        env: test_env(test, options),
-        cwd: test.binary.cwd.clone(),
+        env: test_env(binary, options),
+        cwd: binary.cwd.clone(),
         home: options.home.clone(),
         hostname: "sandbox".into(),
         network: options.network,
@@ -227,10 +347,14 @@ pub fn run_test(ctx: &Context, test: &TestCase, id: u64) -> TestResult {
         leak_timeout_ms: options.leak_timeout.as_millis() as u64,
     };
     let procs = cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default();
+    let spawn_started = Instant::now();
     let (container, pipes) = match ctx.zygote.spawn(spec, procs) {
         Ok(pair) => pair,
         Err(err) => {
-            result.setup_error = Some(match err {
+            if let Some(c) = &cgroup {
+                c.remove();
+            }
+            return ContainerRun::failed_setup(match err {
                 SpawnError::Setup(e) => e,
                 SpawnError::Zygote(e) => SetupError {
                     step: "reach the zygote".into(),
@@ -239,80 +363,158 @@ pub fn run_test(ctx: &Context, test: &TestCase, id: u64) -> TestResult {
                     detail: e.to_string(),
                 },
             });
-            if let Some(c) = &cgroup {
-                c.remove();
-            }
-            return result;
         }
     };
+    phases.spawn = Some(spawn_started.elapsed());
 
-    let mut ending = Ending::default();
+    let mut watch = Watch::new(started + options.timeout, options.kill_grace);
     let mut stdout = Captured::new(options.max_output);
     let mut stderr = Captured::new(options.max_output);
     let mut report = Vec::new();
-    let deadline = started + options.timeout;
-    let mut kill_at: Option<Instant> = None;
-    let mut killed_at: Option<Instant> = None;
-    let mut open = [true; 3];
-    let owned: [&OwnedFd; 3] = [&pipes.stdout, &pipes.stderr, &pipes.report];
-    let fds: [RawFd; 3] = owned.map(|fd| fd.as_raw_fd());
-    let mut buf = vec![0u8; 64 * 1024];
+    let streams: [(&OwnedFd, &mut dyn FnMut(&[u8])); 3] = [
+        (&pipes.stdout, &mut |d: &[u8]| stdout.push(d)),
+        (&pipes.stderr, &mut |d: &[u8]| stderr.push(d)),
+        (&pipes.report, &mut |d: &[u8]| report.extend_from_slice(d)),
+    ];
+    pump(streams, &mut watch, ctx, &container, cgroup.as_ref());
+    let ended = Instant::now();
 
-    while open.iter().any(|o| *o) {
-        let now = Instant::now();
-        if !ending.timed_out && !ending.cancelled && now >= deadline {
-            ending.timed_out = true;
-            container.signal(libc::SIGTERM);
-            kill_at = Some(now + options.kill_grace);
+    let init_exit = container.wait(Duration::from_secs(10));
+    if init_exit.is_none() {
+        tracing::warn!(binary = %binary.id, pid = container.pid(), "init was not reaped in time");
+        container.signal(libc::SIGKILL);
+    }
+    let mut ending = Ending { timed_out: watch.timed_out, cancelled: watch.cancelled, ..Ending::default() };
+    let mut usage = Usage::combine(cgroup.as_ref().map(|c| c.usage()), init_exit.map(|e| e.rusage));
+    for line in report.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        match serde_json::from_slice::<InitReport>(line) {
+            Ok(InitReport::Exited { exit, leaked, timings }) => {
+                ending.exit = Some(exit);
+                usage.leaked = Some(leaked);
+                usage.wall_time = Some(Duration::from_micros(timings.test_us));
+                phases.mounts = Some(Duration::from_micros(timings.setup_us));
+                phases.test = Some(Duration::from_micros(timings.test_us));
+                phases.leak_wait = Some(Duration::from_micros(timings.leak_wait_us));
+            }
+            Ok(InitReport::Setup { error }) => ending.setup_error = Some(error),
+            Err(err) => tracing::warn!(%err, "unreadable report from the container's init"),
         }
-        if !ending.cancelled && !ending.timed_out && ctx.cancel.is_set() {
-            ending.cancelled = true;
-            container.signal(libc::SIGTERM);
-            kill_at = Some(now + options.kill_grace);
-        }
-        if let Some(at) = kill_at {
-            if now >= at && killed_at.is_none() {
-                container.signal(libc::SIGKILL);
-                if let Some(c) = &cgroup {
-                    c.kill_all();
-                }
-                killed_at = Some(now);
+    }
+    if ending.exit.is_none() && ending.setup_error.is_none() {
+        // Init died without a report: killed by the timeout, from outside,
+        // or by the OOM killer. Its own status is all there is.
+        if let Some(e) = init_exit {
+            if libc::WIFSIGNALED(e.status) {
+                ending.exit = Some(TestExit::Signal(libc::WTERMSIG(e.status)));
             }
         }
-        if killed_at.is_some_and(|at| now >= at + Duration::from_secs(5)) {
-            // Everything in the container is dead, so nothing can hold the
-            // pipes any more; stop reading whatever the kernel still has.
+    }
+    if let Some(c) = &cgroup {
+        c.remove();
+    }
+    phases.teardown = Some(ended.elapsed());
+    usage.container_time = Some(started.elapsed());
+    usage.phases = Some(phases);
+    ContainerRun { ending, usage, stdout, stderr }
+}
+
+/// The timeout and cancellation state of one container.
+struct Watch {
+    deadline: Instant,
+    grace: Duration,
+    kill_at: Option<Instant>,
+    killed_at: Option<Instant>,
+    timed_out: bool,
+    cancelled: bool,
+}
+
+impl Watch {
+    fn new(deadline: Instant, grace: Duration) -> Watch {
+        Watch { deadline, grace, kill_at: None, killed_at: None, timed_out: false, cancelled: false }
+    }
+
+    /// Sends SIGTERM at the deadline or on cancellation, SIGKILL to the
+    /// whole container after the grace period. Returns false once reading
+    /// should stop.
+    fn tick(&mut self, ctx: &Context, container: &Container, cgroup: Option<&TestCgroup>) -> bool {
+        let now = Instant::now();
+        let stopping = self.timed_out || self.cancelled;
+        if !stopping && now >= self.deadline {
+            self.timed_out = true;
+        } else if !stopping && ctx.cancel.is_set() {
+            self.cancelled = true;
+        }
+        if !stopping && (self.timed_out || self.cancelled) {
+            container.signal(libc::SIGTERM);
+            self.kill_at = Some(now + self.grace);
+        }
+        if self.kill_at.is_some_and(|at| now >= at) && self.killed_at.is_none() {
+            container.signal(libc::SIGKILL);
+            if let Some(c) = cgroup {
+                c.kill_all();
+            }
+            self.killed_at = Some(now);
+        }
+        // Everything in the container is dead five seconds after SIGKILL,
+        // so nothing can hold the pipes any more.
+        !self.killed_at.is_some_and(|at| now >= at + Duration::from_secs(5))
+    }
+
+    /// Returns the poll timeout until the next deadline, in milliseconds.
+    fn poll_ms(&self) -> i32 {
+        let now = Instant::now();
+        let next = [Some(self.deadline), self.kill_at].into_iter().flatten().filter(|t| *t > now).min();
+        next.map(|t| (t - now).as_millis().min(1000) as i32 + 1).unwrap_or(1000)
+    }
+}
+
+/// Reads the container's pipes until every one reaches end of file, which
+/// happens when init exits: the kernel then kills everything left in the
+/// PID namespace, so a leftover grandchild cannot hold a pipe open.
+fn pump(
+    mut streams: [(&OwnedFd, &mut dyn FnMut(&[u8])); 3],
+    watch: &mut Watch,
+    ctx: &Context,
+    container: &Container,
+    cgroup: Option<&TestCgroup>,
+) {
+    let mut open = [true; 3];
+    let mut buf = vec![0u8; 64 * 1024];
+    while open.iter().any(|o| *o) {
+        if !watch.tick(ctx, container, cgroup) {
             break;
         }
-        let next = [Some(deadline), kill_at].into_iter().flatten().filter(|t| *t > now).min();
-        let wait_ms = next.map(|t| (t - now).as_millis().min(1000) as i32 + 1).unwrap_or(1000);
-
-        let mut polls: Vec<libc::pollfd> = fds
-            .iter()
-            .zip(open)
-            .map(|(fd, is_open)| libc::pollfd { fd: if is_open { *fd } else { -1 }, events: libc::POLLIN, revents: 0 })
-            .collect();
-        polls.push(libc::pollfd { fd: ctx.cancel.read.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-        // SAFETY: `polls` is a valid array of pollfd structs.
-        let ready = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, wait_ms) };
-        if ready <= 0 {
-            continue;
-        }
-        for (index, poll) in polls.iter().take(3).enumerate() {
-            if poll.revents == 0 || !open[index] {
-                continue;
+        let mut ready_streams = Vec::new();
+        {
+            let mut indices = Vec::new();
+            let mut polls = Vec::new();
+            for (index, (fd, _)) in streams.iter().enumerate() {
+                if open[index] {
+                    indices.push(index);
+                    polls.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                }
             }
+            polls.push(PollFd::new(ctx.cancel.read.as_fd(), PollFlags::POLLIN));
+            let timeout = PollTimeout::try_from(watch.poll_ms()).unwrap_or(PollTimeout::MAX);
+            match nix::poll::poll(&mut polls, timeout) {
+                Ok(n) if n > 0 => {}
+                _ => continue,
+            }
+            for (k, index) in indices.into_iter().enumerate() {
+                if polls[k].revents().is_some_and(|r| !r.is_empty()) {
+                    ready_streams.push(index);
+                }
+            }
+        }
+        for index in ready_streams {
+            let (fd, sink) = &mut streams[index];
             loop {
-                match nix::unistd::read(owned[index], &mut buf) {
+                match nix::unistd::read(&**fd, &mut buf) {
                     Ok(0) => {
                         open[index] = false;
                         break;
                     }
-                    Ok(n) => match index {
-                        0 => stdout.push(&buf[..n]),
-                        1 => stderr.push(&buf[..n]),
-                        _ => report.extend_from_slice(&buf[..n]),
-                    },
+                    Ok(n) => sink(&buf[..n]),
                     Err(nix::errno::Errno::EAGAIN) => break,
                     Err(nix::errno::Errno::EINTR) => continue,
                     Err(_) => {
@@ -323,46 +525,6 @@ pub fn run_test(ctx: &Context, test: &TestCase, id: u64) -> TestResult {
             }
         }
     }
-
-    let init_exit = container.wait(Duration::from_secs(10));
-    if init_exit.is_none() {
-        tracing::warn!(test = %test.full_name(), pid = container.pid(), "init was not reaped in time");
-        container.signal(libc::SIGKILL);
-    }
-    let mut usage = Usage::combine(cgroup.as_ref().map(|c| c.usage()), init_exit.map(|e| e.rusage));
-    usage.container_time = Some(started.elapsed());
-    for line in report.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        match serde_json::from_slice::<InitReport>(line) {
-            Ok(InitReport::Exited { exit, leaked, timings }) => {
-                ending.exit = Some(exit);
-                usage.leaked = Some(leaked);
-                usage.wall_time = Some(Duration::from_micros(timings.test_us));
-                usage.timings = Some(timings);
-            }
-            Ok(InitReport::Setup { error }) => ending.setup_error = Some(error),
-            Err(err) => tracing::warn!(%err, "unreadable report from the container's init"),
-        }
-    }
-    if ending.exit.is_none() && ending.setup_error.is_none() && !ending.timed_out && !ending.cancelled {
-        // Init died without a report: killed from outside, or by the OOM
-        // killer. Its own status is all there is.
-        if let Some(e) = init_exit {
-            if libc::WIFSIGNALED(e.status) {
-                ending.exit = Some(TestExit::Signal(libc::WTERMSIG(e.status)));
-            }
-        }
-    }
-    if let Some(c) = &cgroup {
-        c.remove();
-    }
-
-    result.outcome = judge(&ending, &usage);
-    result.exit = ending.exit;
-    result.usage = usage;
-    result.stdout = stdout;
-    result.stderr = stderr;
-    result.setup_error = ending.setup_error;
-    result
 }
 
 #[cfg(test)]
