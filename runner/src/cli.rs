@@ -396,7 +396,7 @@ impl Sandbox {
         let interrupted = watch_signals(Arc::clone(&cancel));
         let ctx = Context { zygote: &self.zygote, cgroups: self.cgroups.as_ref(), cancel: &cancel };
         let reporter = Mutex::new(Reporter::new(cli.message_format));
-        reporter.lock().expect("not poisoned").run_started(tests, binaries, workers, &self.header);
+        reporter.lock().expect("not poisoned").run_started(tests, binaries, workers, self.cgroups_kind(), &self.header);
         let results = crate::schedule::run(&ctx, tests, &jobs, workers, &reporter);
 
         let summary = Summary::of(&results);
@@ -423,6 +423,14 @@ impl Sandbox {
             }
         }
         code
+    }
+
+    fn cgroups_kind(&self) -> &'static str {
+        match &self.cgroups {
+            Some(c) if c.is_empty() => "none",
+            Some(c) => c.layout().kind(),
+            None => "none",
+        }
     }
 
     fn teardown(&self) {
@@ -494,8 +502,8 @@ fn remove_stale_staging(current: &Path) {
 
 fn describe(rootfs: &RootfsPlan, cgroups: Option<&RunCgroups>, cli: &Cli) -> String {
     let cgroup = match cgroups {
-        Some(c) => format!("cgroups {}", c.layout().kind()),
-        None => "no cgroups".into(),
+        Some(c) if !c.is_empty() => format!("cgroups {}", c.layout().kind()),
+        _ => "no cgroups".into(),
     };
     let fs = if rootfs.overlay_refused { "read-only binds" } else { "overlay" };
     let cpus = cli.cpus.map(|c| format!(", {c} CPUs")).unwrap_or_default();

@@ -133,7 +133,7 @@ impl Reporter {
     }
 
     /// Reports the start of the run; `header` describes the sandbox.
-    pub fn run_started(&mut self, tests: &[TestCase], binaries: usize, jobs: usize, header: &str) {
+    pub fn run_started(&mut self, tests: &[TestCase], binaries: usize, jobs: usize, cgroups: &str, header: &str) {
         self.started = Instant::now();
         let running = tests.iter().filter(|t| t.run).count();
         let skipped = tests.len() - running;
@@ -145,6 +145,7 @@ impl Reporter {
                 "skipped": skipped,
                 "binaries": binaries,
                 "jobs": jobs,
+                "cgroups": cgroups,
             })),
             MessageFormat::Human => {
                 eprintln!(

@@ -133,6 +133,11 @@ impl RunCgroups {
         self.hierarchies.iter().any(|h| h.controllers.contains(&controller))
     }
 
+    /// Returns whether the run has no usable hierarchy at all.
+    pub fn is_empty(&self) -> bool {
+        self.hierarchies.is_empty()
+    }
+
     /// Returns the host's layout as detected at start.
     pub fn layout(&self) -> &Layout {
         &self.layout
