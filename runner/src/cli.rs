@@ -63,8 +63,18 @@ fn env_arg(text: &str) -> Result<(String, Option<String>), String> {
 
 /// Runs every test of a Rust workspace in its own throwaway Linux container.
 #[derive(Debug, Parser)]
-#[command(name = "cargo sandbox-test", version, about, after_help = EXIT_CODES_HELP)]
+#[command(
+    name = "cargo sandbox-test",
+    version,
+    about,
+    after_help = EXIT_CODES_HELP,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Commands>,
+
     #[command(flatten)]
     pub build: BuildArgs,
 
@@ -153,6 +163,13 @@ pub struct Cli {
     pub test_args: Vec<String>,
 }
 
+/// Subcommands besides running tests.
+#[derive(Debug, clap::Subcommand)]
+pub enum Commands {
+    /// Check every capability the runner uses and print how to fix what is missing
+    Doctor(crate::doctor::DoctorArgs),
+}
+
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0    every test passed
@@ -218,6 +235,10 @@ pub fn parse_args() -> Cli {
 
 /// Runs the pipeline. `zygote` was started before any thread.
 pub fn run(cli: Cli, zygote: ZygoteHandle) -> i32 {
+    match &cli.command {
+        Some(Commands::Doctor(args)) => return crate::doctor::run(args, zygote),
+        None => {}
+    }
     let filter = match cli.filter() {
         Ok(f) => f,
         Err(message) => {

@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod config;
+pub mod doctor;
 pub mod container;
 pub mod cli;
 pub mod libtest;

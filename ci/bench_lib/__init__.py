@@ -1,0 +1,2 @@
+"""Helpers of ci/bench: test crates, the timed commands, machine facts and
+the report."""
