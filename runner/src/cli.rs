@@ -10,10 +10,11 @@ use clap::Parser;
 
 use crate::cgroup::{Caps, Controller, Layout, RunCgroups};
 use crate::config::{parse_duration, parse_size, Config, TestIdentity};
-use crate::container::{self, RootfsPlan, ZygoteHandle};
+use crate::container::{self, ZygoteHandle};
 use crate::plan::{self, BuildArgs, Filter, TestCase, Toolchain};
 use crate::report::{MessageFormat, Reporter, Summary};
-use crate::supervise::{Cancel, Context, RunOptions};
+use crate::report::file::Baseline;
+use crate::supervise::{Cancel, Context, RunOptions, TestResult};
 
 /// Exit codes, one per kind of failure.
 pub mod exit_code {
@@ -151,6 +152,24 @@ pub struct Cli {
     /// Output format of the run
     #[arg(long, value_enum, default_value = "human", help_heading = "Reporting")]
     pub message_format: MessageFormat,
+    /// Whether a budget breach fails the test (enforce) or is only reported (warn)
+    #[arg(long, value_enum, value_name = "MODE", default_value = "enforce", help_heading = "Reporting")]
+    pub budgets: crate::budget::BudgetMode,
+    /// Write a JUnit XML report to PATH
+    #[arg(long, value_name = "PATH", help_heading = "Reporting")]
+    pub junit: Option<PathBuf>,
+    /// Write a JSON run report to PATH (schema cargo-sandbox-test/report/v1)
+    #[arg(long, value_name = "PATH", help_heading = "Reporting")]
+    pub report: Option<PathBuf>,
+    /// Compare usage with an earlier JSON run report and flag growth
+    #[arg(long, value_name = "PATH", help_heading = "Reporting")]
+    pub baseline: Option<PathBuf>,
+    /// Growth over the baseline that counts, as a share ("20%" or 0.2)
+    #[arg(long, value_name = "SHARE", value_parser = crate::report::file::parse_share, default_value = "20%", help_heading = "Reporting")]
+    pub baseline_threshold: f64,
+    /// Fail the run when a test grew past the baseline threshold
+    #[arg(long, requires = "baseline", help_heading = "Reporting")]
+    pub fail_on_growth: bool,
     /// Print where each container's time went, per phase, after the run
     #[arg(long, help_heading = "Reporting")]
     pub timings: bool,
@@ -168,6 +187,30 @@ pub struct Cli {
 pub enum Commands {
     /// Check every capability the runner uses and print how to fix what is missing
     Doctor(crate::doctor::DoctorArgs),
+    /// Work with budgets
+    #[command(subcommand)]
+    Budgets(BudgetsCommand),
+}
+
+/// `cargo sandbox-test budgets ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum BudgetsCommand {
+    /// Print sandbox-test.toml overrides whose budgets are a report's usage plus headroom
+    Suggest(SuggestArgs),
+}
+
+/// Options of `budgets suggest`.
+#[derive(Debug, clap::Args)]
+pub struct SuggestArgs {
+    /// A JSON run report written with --report
+    #[arg(long, value_name = "PATH")]
+    pub from: PathBuf,
+    /// Headroom over the recorded usage ("25%" or 0.25)
+    #[arg(long, value_name = "SHARE", value_parser = crate::report::file::parse_share, default_value = "25%")]
+    pub headroom: f64,
+    /// The profile the overrides go into
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    pub profile: String,
 }
 
 const EXIT_CODES_HELP: &str = "\
@@ -237,6 +280,7 @@ pub fn parse_args() -> Cli {
 pub fn run(cli: Cli, zygote: ZygoteHandle) -> i32 {
     match &cli.command {
         Some(Commands::Doctor(args)) => return crate::doctor::run(args, zygote),
+        Some(Commands::Budgets(BudgetsCommand::Suggest(args))) => return suggest_budgets(args),
         None => {}
     }
     let filter = match cli.filter() {
@@ -290,6 +334,19 @@ pub fn run(cli: Cli, zygote: ZygoteHandle) -> i32 {
     code
 }
 
+fn suggest_budgets(args: &SuggestArgs) -> i32 {
+    match Baseline::load(&args.from) {
+        Ok(baseline) => {
+            print!("{}", crate::report::file::suggest(&baseline, args.headroom, &args.profile));
+            exit_code::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            exit_code::USAGE
+        }
+    }
+}
+
 /// Loads `sandbox-test.toml` (or the Cargo.toml metadata table) of the
 /// workspace and checks that the selected profile exists.
 fn load_config(cli: &Cli) -> Result<Config, String> {
@@ -341,6 +398,7 @@ fn options_for(cli: &Cli, config: &Config, test: &TestCase, home: &Path) -> Resu
         env,
         home: home.to_path_buf(),
         budgets: settings.budgets,
+        budget_mode: cli.budgets,
     })
 }
 
@@ -358,7 +416,7 @@ struct Sandbox {
     cgroups: Option<RunCgroups>,
     staging: PathBuf,
     home: PathBuf,
-    header: String,
+    overlay: bool,
 }
 
 impl Sandbox {
@@ -388,8 +446,8 @@ impl Sandbox {
         let cgroups = if cli.no_cgroups { None } else { Some(setup_cgroups(zygote.pid())?) };
         let home = container_home();
         let zygote = zygote.connect(&rootfs).map_err(|e| format!("cannot reach the container zygote: {e}"))?;
-        let header = describe(&rootfs, cgroups.as_ref(), cli);
-        Ok(Sandbox { zygote, cgroups, staging, home, header })
+        let overlay = !rootfs.overlay_refused;
+        Ok(Sandbox { zygote, cgroups, staging, home, overlay })
     }
 
     fn run_tests(&self, cli: &Cli, config: &Config, tests: &[TestCase], binaries: usize, workers: usize) -> i32 {
@@ -415,9 +473,21 @@ impl Sandbox {
             }
         };
         let interrupted = watch_signals(Arc::clone(&cancel));
-        let ctx = Context { zygote: &self.zygote, cgroups: self.cgroups.as_ref(), cancel: &cancel };
+        let baseline = match cli.baseline.as_deref().map(Baseline::load).transpose() {
+            Ok(b) => b,
+            Err(err) => {
+                eprintln!("error: {err}");
+                return exit_code::USAGE;
+            }
+        };
+        let ctx = Context {
+            zygote: &self.zygote,
+            cgroups: self.cgroups.as_ref(),
+            cancel: &cancel,
+            baseline: baseline.as_ref().map(|b| (b, cli.baseline_threshold)),
+        };
         let reporter = Mutex::new(Reporter::new(cli.message_format));
-        reporter.lock().expect("not poisoned").run_started(tests, binaries, workers, self.cgroups_kind(), &self.header);
+        reporter.lock().expect("not poisoned").run_started(tests, binaries, workers, self.cgroups_kind(), &self.header(jobs.first()));
         let results = crate::schedule::run(&ctx, tests, &jobs, workers, &reporter);
 
         let summary = Summary::of(&results);
@@ -428,10 +498,14 @@ impl Sandbox {
             exit_code::INTERRUPTED
         } else if summary.failed > 0 || summary.cancelled > 0 {
             exit_code::TEST_FAILED
+        } else if cli.fail_on_growth && results.iter().any(|r| !r.growth.is_empty()) {
+            exit_code::TEST_FAILED
         } else {
             exit_code::SUCCESS
         };
+        let elapsed = reporter.lock().expect("not poisoned").elapsed();
         reporter.lock().expect("not poisoned").run_finished(&results, code);
+        let code = self.write_reports(cli, &results, &summary, elapsed, code);
         if cli.timings {
             crate::report::print_timings(&results);
         }
@@ -444,6 +518,40 @@ impl Sandbox {
             }
         }
         code
+    }
+
+    /// Writes the files asked for with --junit and --report. A report that
+    /// cannot be written turns a passing run into an internal error.
+    fn write_reports(&self, cli: &Cli, results: &[TestResult], summary: &Summary, elapsed: Duration, code: i32) -> i32 {
+        let mut code = code;
+        if let Some(path) = &cli.junit {
+            if let Err(err) = crate::report::junit::write(path, results, elapsed) {
+                eprintln!("error: cannot write the JUnit report {}: {err}", path.display());
+                code = code.max(exit_code::INTERNAL);
+            }
+        }
+        if let Some(path) = &cli.report {
+            let host = crate::report::file::HostInfo { cgroups: self.cgroups_kind() };
+            if let Err(err) = crate::report::file::write(path, results, summary, elapsed, code, &host) {
+                eprintln!("error: cannot write the run report {}: {err}", path.display());
+                code = code.max(exit_code::INTERNAL);
+            }
+        }
+        code
+    }
+
+    fn header(&self, first: Option<&crate::schedule::Job>) -> String {
+        let cgroup = match &self.cgroups {
+            Some(c) if !c.is_empty() => format!("cgroups {}", c.layout().kind()),
+            _ => "no cgroups".into(),
+        };
+        let fs = if self.overlay { "overlay" } else { "read-only binds" };
+        let Some(options) = first.map(|j| &j.options) else { return format!("{cgroup}, {fs} root") };
+        let caps = &options.caps;
+        let memory = caps.memory.map(|m| format!(", memory {}", crate::report::size(m))).unwrap_or_default();
+        let pids = caps.pids.map(|p| format!(", pids {p}")).unwrap_or_default();
+        let cpus = caps.cpus.map(|c| format!(", {c} CPUs")).unwrap_or_default();
+        format!("{cgroup}, {fs} root{memory}{pids}{cpus}, timeout {}", humantime::format_duration(options.timeout))
     }
 
     fn cgroups_kind(&self) -> &'static str {
@@ -519,21 +627,6 @@ fn remove_stale_staging(current: &Path) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
-}
-
-fn describe(rootfs: &RootfsPlan, cgroups: Option<&RunCgroups>, cli: &Cli) -> String {
-    let cgroup = match cgroups {
-        Some(c) if !c.is_empty() => format!("cgroups {}", c.layout().kind()),
-        _ => "no cgroups".into(),
-    };
-    let fs = if rootfs.overlay_refused { "read-only binds" } else { "overlay" };
-    let cpus = cli.cpus.map(|c| format!(", {c} CPUs")).unwrap_or_default();
-    format!(
-        "{cgroup}, {fs} root, memory {}, pids {}{cpus}, timeout {}",
-        crate::report::mib(cli.memory.unwrap_or(defaults::MEMORY)),
-        cli.pids.unwrap_or(defaults::PIDS),
-        humantime::format_duration(cli.timeout.unwrap_or(defaults::TIMEOUT))
-    )
 }
 
 /// Starts a thread that turns SIGINT and SIGTERM into a cancellation of

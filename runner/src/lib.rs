@@ -2,6 +2,7 @@
 //! throwaway Linux container and report the resource usage the kernel
 //! measured for it.
 
+pub mod budget;
 pub mod cgroup;
 pub mod config;
 pub mod doctor;

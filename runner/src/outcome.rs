@@ -26,6 +26,8 @@ pub enum Outcome {
     SetupFailed,
     /// The run was interrupted before the test finished.
     Cancelled,
+    /// Passed, but its usage exceeded a budget.
+    OverBudget,
 }
 
 impl Outcome {
@@ -52,6 +54,7 @@ impl Outcome {
             Outcome::PidsLimit => "PIDS-MAX",
             Outcome::SetupFailed => "SETUP",
             Outcome::Cancelled => "CANCEL",
+            Outcome::OverBudget => "BUDGET",
         }
     }
 }

@@ -88,7 +88,10 @@ fn run_job(ctx: &Context, job: &Job, id: u64, reporter: &Mutex<Reporter>, finish
         // test either: stop the run.
         ctx.cancel.trigger();
     }
-    for result in results {
+    for mut result in results {
+        if let Some((baseline, threshold)) = ctx.baseline {
+            result.growth = baseline.compare(&result, threshold);
+        }
         finish(result);
     }
 }

@@ -11,7 +11,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::budget::{BudgetMode, Judgement};
 use crate::cgroup::{Caps, RunCgroups, TestCgroup};
+use crate::config::Budgets;
+use crate::report::file::{Baseline, Growth};
 use crate::container::{Container, InitReport, SetupError, Spec, SpawnError, TestExit, Zygote};
 use crate::outcome::{judge, Ending, Outcome, Usage};
 use crate::plan::{TestBinary, TestCase};
@@ -42,7 +45,8 @@ pub struct RunOptions {
     pub env: Vec<(String, Option<String>)>,
     pub home: PathBuf,
     /// Limits judged after the test, from the config file.
-    pub budgets: crate::config::Budgets,
+    pub budgets: Budgets,
+    pub budget_mode: BudgetMode,
 }
 
 /// The run's interruption flag, with a pipe that becomes readable when it
@@ -136,12 +140,27 @@ pub struct TestResult {
     pub setup_error: Option<SetupError>,
     /// Whether leaked processes fail this test.
     pub fail_on_leak: bool,
+    /// The budgets that applied to this test.
+    pub budgets: Budgets,
+    pub judgement: Judgement,
+    /// Figures that grew past the baseline's threshold.
+    pub growth: Vec<Growth>,
 }
 
 impl TestResult {
     /// Returns whether this result fails the run.
     pub fn is_failure(&self) -> bool {
         self.outcome.is_failure(self.fail_on_leak)
+    }
+
+    /// Judges the usage against the budgets; in enforce mode a passing test
+    /// over a budget becomes `over budget`.
+    fn apply_budgets(&mut self, mode: BudgetMode) {
+        self.judgement = crate::budget::judge(&self.usage, &self.budgets);
+        let passed = matches!(self.outcome, Outcome::Passed | Outcome::Leaked);
+        if passed && mode == BudgetMode::Enforce && !self.judgement.breaches.is_empty() {
+            self.outcome = Outcome::OverBudget;
+        }
     }
 }
 
@@ -160,6 +179,9 @@ impl TestResult {
             stderr: Captured::default(),
             setup_error: None,
             fail_on_leak: options.fail_on_leak,
+            budgets: options.budgets.clone(),
+            judgement: Judgement::default(),
+            growth: Vec::new(),
         }
     }
 }
@@ -169,6 +191,9 @@ pub struct Context<'a> {
     pub zygote: &'a Zygote,
     pub cgroups: Option<&'a RunCgroups>,
     pub cancel: &'a Cancel,
+    /// An earlier report to compare usage with, and the growth share that
+    /// counts (0.2 is 20%).
+    pub baseline: Option<(&'a Baseline, f64)>,
 }
 
 /// Builds the environment of the test process.
@@ -260,6 +285,7 @@ pub fn run_test(ctx: &Context, test: &TestCase, options: &RunOptions, id: u64) -
     result.stdout = run.stdout;
     result.stderr = run.stderr;
     result.setup_error = run.ending.setup_error;
+    result.apply_budgets(options.budget_mode);
     result
 }
 
@@ -306,6 +332,7 @@ pub fn run_binary(ctx: &Context, tests: &[&TestCase], options: &RunOptions, id: 
                 result.stderr = run.stderr.clone();
             }
         }
+        result.apply_budgets(options.budget_mode);
         results.push(result);
     }
     results

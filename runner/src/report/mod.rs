@@ -1,5 +1,9 @@
-//! Reporting: one line per finished test and a summary on the terminal, or
-//! one JSON object per event with `--message-format json`.
+//! Reporting: one line per finished test, a progress bar on a terminal and
+//! a summary, or one JSON object per event with `--message-format json`;
+//! JUnit and JSON report files on request.
+
+pub mod file;
+pub mod junit;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -27,6 +31,8 @@ pub enum MessageFormat {
 pub struct Reporter {
     format: MessageFormat,
     started: Instant,
+    /// A progress bar when standard error is a terminal.
+    progress: Option<indicatif::ProgressBar>,
 }
 
 /// Counts of a finished run.
@@ -60,6 +66,18 @@ impl Summary {
 /// Formats a byte count as MiB with one decimal.
 pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Formats a cap: whole GiB or MiB where exact, else MiB with a decimal.
+pub fn size(bytes: u64) -> String {
+    const MIB: u64 = 1 << 20;
+    if bytes % (1 << 30) == 0 {
+        format!("{} GiB", bytes >> 30)
+    } else if bytes % MIB == 0 {
+        format!("{} MiB", bytes / MIB)
+    } else {
+        mib(bytes)
+    }
 }
 
 fn exit_json(exit: Option<TestExit>) -> Value {
@@ -96,8 +114,21 @@ pub fn reason(result: &TestResult) -> Option<String> {
             None => "container setup failed".into(),
         },
         Outcome::Cancelled => "the run was interrupted".into(),
+        Outcome::OverBudget => {
+            let breaches: Vec<&str> = result.judgement.breaches.iter().map(|b| b.message.as_str()).collect();
+            breaches.join(", ")
+        }
     };
     Some(text)
+}
+
+fn budgets_json(budgets: &crate::config::Budgets) -> Value {
+    json!({
+        "memory": budgets.memory,
+        "cpu_time": budgets.cpu_time.map(|d| d.as_secs_f64()),
+        "wall_time": budgets.wall_time.map(|d| d.as_secs_f64()),
+        "tasks": budgets.tasks,
+    })
 }
 
 /// Converts a result to the JSON object used by events and reports.
@@ -112,6 +143,10 @@ pub fn result_json(result: &TestResult) -> Value {
         "usage": result.usage,
         "caps": result.caps,
         "timeout": result.timeout.as_secs_f64(),
+        "budgets": budgets_json(&result.budgets),
+        "budget_breaches": result.judgement.breaches,
+        "budgets_unchecked": result.judgement.unchecked,
+        "baseline_growth": result.growth,
         "stdout": result.stdout.text(),
         "stderr": result.stderr.text(),
         "stdout_truncated_bytes": result.stdout.dropped(),
@@ -122,7 +157,7 @@ pub fn result_json(result: &TestResult) -> Value {
 
 impl Reporter {
     pub fn new(format: MessageFormat) -> Reporter {
-        Reporter { format, started: Instant::now() }
+        Reporter { format, started: Instant::now(), progress: None }
     }
 
     fn event(&self, value: Value) {
@@ -154,8 +189,24 @@ impl Reporter {
                 if !header.is_empty() {
                     eprintln!("     Sandbox {header}");
                 }
+                if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                    let bar = indicatif::ProgressBar::new(running as u64);
+                    let style = indicatif::ProgressStyle::with_template(
+                        "{prefix:>12} [{elapsed_precise}] [{bar:30}] {pos}/{len}: {msg}",
+                    );
+                    if let Ok(style) = style {
+                        bar.set_style(style.progress_chars("=> "));
+                    }
+                    bar.set_prefix("Running");
+                    self.progress = Some(bar);
+                }
             }
         }
+    }
+
+    /// Returns the time since the run started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
     }
 
     pub fn test_started(&mut self, test: &TestCase) {
@@ -180,18 +231,31 @@ impl Reporter {
                     None => "mem n/a".into(),
                 };
                 let detail = reason(result).map(|r| format!(": {r}")).unwrap_or_default();
-                eprintln!(
+                let line = format!(
                     "{label:>12} [{:>8.3}s] {memory:>10} {} {}{detail}",
                     secs.as_secs_f64(),
                     result.binary_id,
                     result.name
                 );
+                match &self.progress {
+                    Some(bar) => {
+                        bar.println(line);
+                        if result.outcome != Outcome::Ignored {
+                            bar.inc(1);
+                            bar.set_message(format!("{} {}", result.binary_id, result.name));
+                        }
+                    }
+                    None => eprintln!("{line}"),
+                }
             }
         }
     }
 
     /// Reports the end of the run: failing tests' output and the summary.
     pub fn run_finished(&mut self, results: &[TestResult], exit_code: i32) -> Summary {
+        if let Some(bar) = self.progress.take() {
+            bar.finish_and_clear();
+        }
         let summary = Summary::of(results);
         let elapsed = self.started.elapsed();
         match self.format {
@@ -223,6 +287,8 @@ impl Reporter {
                 }
             }
         }
+        print_top(results);
+        print_breaches_and_growth(results);
         if !failures.is_empty() {
             eprintln!("\nFailed tests:");
             for r in &failures {
@@ -237,6 +303,71 @@ impl Reporter {
             summary.leaked,
         );
         eprintln!("Summary: {} passed, {} failed, {} skipped", summary.passed, summary.failed, summary.ignored);
+    }
+}
+
+/// Prints the tests with the highest peak memory, CPU time and wall time.
+fn print_top(results: &[TestResult]) {
+    const ROWS: usize = 5;
+    let ran: Vec<&TestResult> = results.iter().filter(|r| r.outcome != Outcome::Ignored).collect();
+    if ran.len() < 2 {
+        return;
+    }
+    type Pick = fn(&TestResult) -> Option<f64>;
+    let tables: [(&str, Pick, fn(f64) -> String); 3] = [
+        ("peak memory", |r| r.usage.memory_peak.map(|m| m as f64), |v| mib(v as u64)),
+        (
+            "CPU time",
+            |r| match (r.usage.cpu_user, r.usage.cpu_system) {
+                (Some(u), Some(s)) => Some((u + s).as_secs_f64()),
+                _ => None,
+            },
+            |v| format!("{v:.3}s"),
+        ),
+        ("wall time", |r| r.usage.wall_time.map(|d| d.as_secs_f64()), |v| format!("{v:.3}s")),
+    ];
+    for (title, pick, format) in tables {
+        let mut rows: Vec<(f64, &TestResult)> = ran.iter().filter_map(|r| pick(r).map(|v| (v, *r))).collect();
+        if rows.is_empty() {
+            eprintln!("\nTop {title}: unavailable on this host");
+            continue;
+        }
+        rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+        eprintln!("\nTop {title}:");
+        for (value, r) in rows.into_iter().take(ROWS) {
+            eprintln!("    {:>12}  {} {}", format(value), r.binary_id, r.name);
+        }
+    }
+}
+
+/// Prints every budget breach, unchecked budget and growth past the
+/// baseline.
+fn print_breaches_and_growth(results: &[TestResult]) {
+    let breaches: Vec<&TestResult> = results.iter().filter(|r| !r.judgement.breaches.is_empty()).collect();
+    if !breaches.is_empty() {
+        eprintln!("\nBudget breaches:");
+        for r in breaches {
+            for b in &r.judgement.breaches {
+                eprintln!("    {} {}: {}", r.binary_id, r.name, b.message);
+            }
+        }
+    }
+    let unchecked: Vec<&TestResult> = results.iter().filter(|r| !r.judgement.unchecked.is_empty()).collect();
+    if !unchecked.is_empty() {
+        eprintln!("\nBudgets unchecked (the host did not measure the figure):");
+        for r in unchecked {
+            let figures: Vec<String> = r.judgement.unchecked.iter().map(|f| format!("{f:?}")).collect();
+            eprintln!("    {} {}: {}", r.binary_id, r.name, figures.join(", "));
+        }
+    }
+    let grown: Vec<&TestResult> = results.iter().filter(|r| !r.growth.is_empty()).collect();
+    if !grown.is_empty() {
+        eprintln!("\nGrown since the baseline:");
+        for r in grown {
+            for g in &r.growth {
+                eprintln!("    {} {}: {}", r.binary_id, r.name, g.describe());
+            }
+        }
     }
 }
 
