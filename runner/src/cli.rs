@@ -145,6 +145,9 @@ pub struct Cli {
     /// Run without cgroups: no memory, CPU or pids caps; usage from wait4
     #[arg(long, help_heading = "Sandbox")]
     pub no_cgroups: bool,
+    /// Fail instead of running without the memory, pids and cpuacct cgroups
+    #[arg(long, conflicts_with = "no_cgroups", help_heading = "Sandbox")]
+    pub require_cgroups: bool,
     /// Use read-only binds where copy-on-write overlays would go
     #[arg(long, help_heading = "Sandbox")]
     pub no_overlay: bool,
@@ -443,7 +446,7 @@ impl Sandbox {
         rootfs.overlay_refused = cli.no_overlay;
         rootfs.hosts_file = write_hosts_file(&staging);
 
-        let cgroups = if cli.no_cgroups { None } else { Some(setup_cgroups(zygote.pid())?) };
+        let cgroups = if cli.no_cgroups { None } else { Some(setup_cgroups(zygote.pid(), cli.require_cgroups)?) };
         let home = container_home();
         let zygote = zygote.connect(&rootfs).map_err(|e| format!("cannot reach the container zygote: {e}"))?;
         let overlay = !rootfs.overlay_refused;
@@ -524,6 +527,11 @@ impl Sandbox {
     /// cannot be written turns a passing run into an internal error.
     fn write_reports(&self, cli: &Cli, results: &[TestResult], summary: &Summary, elapsed: Duration, code: i32) -> i32 {
         let mut code = code;
+        for path in [&cli.junit, &cli.report].into_iter().flatten() {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                let _ = std::fs::create_dir_all(parent);
+            }
+        }
         if let Some(path) = &cli.junit {
             if let Err(err) = crate::report::junit::write(path, results, elapsed) {
                 eprintln!("error: cannot write the JUnit report {}: {err}", path.display());
@@ -548,9 +556,21 @@ impl Sandbox {
         let fs = if self.overlay { "overlay" } else { "read-only binds" };
         let Some(options) = first.map(|j| &j.options) else { return format!("{cgroup}, {fs} root") };
         let caps = &options.caps;
-        let memory = caps.memory.map(|m| format!(", memory {}", crate::report::size(m))).unwrap_or_default();
-        let pids = caps.pids.map(|p| format!(", pids {p}")).unwrap_or_default();
-        let cpus = caps.cpus.map(|c| format!(", {c} CPUs")).unwrap_or_default();
+        let has = |c: Controller| self.cgroups.as_ref().is_some_and(|g| g.has(c));
+        let memory = match caps.memory {
+            Some(m) if has(Controller::Memory) => format!(", memory {}", crate::report::size(m)),
+            _ => ", memory uncapped".into(),
+        };
+        let pids = match caps.pids {
+            Some(p) if has(Controller::Pids) => format!(", pids {p}"),
+            Some(p) => format!(", pids {p} (RLIMIT_NPROC)"),
+            None => String::new(),
+        };
+        let cpus = match caps.cpus {
+            Some(c) if has(Controller::Cpu) => format!(", {c} CPUs"),
+            Some(_) => ", CPU quota unenforced".into(),
+            None => String::new(),
+        };
         format!("{cgroup}, {fs} root{memory}{pids}{cpus}, timeout {}", humantime::format_duration(options.timeout))
     }
 
@@ -570,25 +590,33 @@ impl Sandbox {
     }
 }
 
-/// Creates the run's cgroups and warns once about missing controllers.
-fn setup_cgroups(zygote_pid: u32) -> Result<RunCgroups, String> {
+/// Creates the run's cgroups and warns once about missing controllers, or
+/// fails with `--require-cgroups`.
+fn setup_cgroups(zygote_pid: u32, require: bool) -> Result<RunCgroups, String> {
     let layout = Layout::detect().map_err(|e| format!("cannot read /proc/self/cgroup or mountinfo: {e}"))?;
     let run = RunCgroups::setup(layout, &[std::process::id(), zygote_pid]).map_err(|e| e.to_string())?;
     let essential = [Controller::Memory, Controller::Pids, Controller::Cpuacct];
-    let missing: Vec<String> = run
-        .missing
-        .iter()
-        .filter(|(c, _)| essential.contains(c))
-        .map(|(c, why)| format!("{} ({why})", c.name()))
-        .collect();
-    if !missing.is_empty() {
-        eprintln!(
-            "warning: running without the cgroup controllers {}; their caps are not enforced \
-             and their usage is reported as unavailable. Fix: run as root, or start the runner \
-             in a delegated cgroup (`systemd-run --user --scope -p Delegate=yes cargo sandbox-test`)",
-            missing.join(", ")
-        );
+    let missing: Vec<&(Controller, String)> = run.missing.iter().filter(|(c, _)| essential.contains(c)).collect();
+    let Some((_, first_reason)) = missing.first() else { return Ok(run) };
+    let names: Vec<&str> = missing.iter().map(|(c, _)| c.name()).collect();
+    let fix = "run as root, or start the runner in a delegated cgroup v2 \
+               (`systemd-run --user --scope -p Delegate=yes cargo sandbox-test`)";
+    if require {
+        return Err(format!(
+            "no usable cgroup for {} ({first_reason}), and --require-cgroups is set\nfix: {fix}",
+            names.join(", ")
+        ));
     }
+    eprintln!(
+        "warning: no usable cgroup for {} ({first_reason})\n\
+         \x20 without it the memory cap is not enforced (no rlimit is a fair stand-in: RLIMIT_AS \
+         counts address space, not memory); the pids cap falls back to RLIMIT_NPROC, which the \
+         kernel counts per user namespace, so per container; the timeout, the tmpfs cap and the \
+         namespaces apply as usual. Peak memory and tasks are reported as unavailable, CPU time \
+         comes from wait4, and budgets on unavailable figures are unchecked.\n\
+         \x20 fix: {fix}; --require-cgroups turns this warning into an error",
+        names.join(", ")
+    );
     Ok(run)
 }
 

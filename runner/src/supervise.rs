@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::budget::{BudgetMode, Judgement};
-use crate::cgroup::{Caps, RunCgroups, TestCgroup};
+use crate::cgroup::{Caps, Controller, RunCgroups, TestCgroup};
 use crate::config::Budgets;
 use crate::report::file::{Baseline, Growth};
 use crate::container::{Container, InitReport, SetupError, Spec, SpawnError, TestExit, Zygote};
@@ -372,6 +372,7 @@ fn run_container(ctx: &Context, binary: &TestBinary, args: Vec<OsString>, option
         network: options.network,
         tmpfs_size: options.tmpfs_size,
         leak_timeout_ms: options.leak_timeout.as_millis() as u64,
+        nproc_limit: if ctx.cgroups.is_some_and(|c| c.has(Controller::Pids)) { None } else { options.caps.pids },
     };
     let procs = cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default();
     let spawn_started = Instant::now();

@@ -199,9 +199,24 @@ fn short_spike_is_the_peak() {
     assert!(peak <= expected * 1.15, "peak {peak}");
 }
 
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 #[test]
 fn fork_loop_hits_pids_cap() {
     let run = run_fixture(&["--test", "fork", "--ignored", "--exact", "wide_fork_loop", "--pids", "64"]);
+    if !run.has_cgroups() && !is_root() {
+        // Without a pids cgroup the cap is RLIMIT_NPROC, counted per user
+        // namespace: the fork loop still stops, as a plain failure.
+        let result = run.result("wide_fork_loop");
+        assert_eq!(result["outcome"], "failed", "{}", run.stderr);
+        let stderr = result["stderr"].as_str().unwrap();
+        assert!(stderr.contains("Resource temporarily unavailable"), "{stderr}");
+        assert!(run.stderr.contains("RLIMIT_NPROC"), "{}", run.stderr);
+        return;
+    }
     if skip_without_cgroups(&run, "the pids cap") {
         return;
     }
@@ -455,4 +470,49 @@ fn own_cgroup_dir(controller: &str) -> PathBuf {
         })
         .unwrap_or_else(|| "/".into());
     Path::new("/sys/fs/cgroup").join(controller).join(path.trim_start_matches('/'))
+}
+
+#[test]
+fn missing_cgroups_warn_or_fail() {
+    let run = run_fixture(&["--test", "verdicts", "--exact", "passes"]);
+    if run.has_cgroups() {
+        let strict = run_fixture(&["--test", "verdicts", "--exact", "passes", "--require-cgroups"]);
+        assert_eq!(strict.code, 0, "{}", strict.stderr);
+        assert!(!run.stderr.contains("no usable cgroup"), "{}", run.stderr);
+        return;
+    }
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("warning: no usable cgroup for"), "{}", run.stderr);
+    assert!(run.stderr.contains("fix: run as root"), "{}", run.stderr);
+    let usage = &run.result("passes")["usage"];
+    assert!(usage["memory_peak"].is_null());
+    assert!(usage["tasks_peak"].is_null());
+    assert!(usage["cpu_user"].is_number(), "CPU time falls back to wait4");
+    let strict = run_fixture(&["--test", "verdicts", "--exact", "passes", "--require-cgroups"]);
+    assert_eq!(strict.code, 102, "{}", strict.stderr);
+    assert!(strict.stderr.contains("--require-cgroups"), "{}", strict.stderr);
+}
+
+#[test]
+fn no_cgroups_flag_reports_unavailable() {
+    let run = run_fixture(&["--test", "verdicts", "--exact", "passes", "--no-cgroups"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!run.has_cgroups());
+    let usage = &run.result("passes")["usage"];
+    assert!(usage["memory_peak"].is_null(), "{usage}");
+    assert!(usage["oom_kills"].is_null(), "{usage}");
+    assert!(usage["cpu_user"].is_number(), "{usage}");
+    assert!(usage["max_rss"].as_u64().unwrap() > 0, "{usage}");
+}
+
+#[test]
+fn read_only_fallback_without_overlay() {
+    let run = run_fixture(&["--test", "isolation", "--include-ignored", "--no-overlay"]);
+    assert_eq!(run.outcome("home_and_tmp_are_writable"), "passed", "{}", run.stderr);
+    assert_eq!(run.outcome("is_not_pid_1_and_sees_own_processes"), "passed");
+    let writes = run.result("writes_everywhere");
+    assert_eq!(writes["outcome"], "failed");
+    let stderr = writes["stderr"].as_str().unwrap();
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+    assert!(!fixture_dir().join("misbehave-isolation-marker").exists());
 }

@@ -180,6 +180,11 @@ fn spawn_test(spec: &Spec, fds: &InitFds) -> Result<libc::pid_t, SetupError> {
     if let Err(err) = std::env::set_current_dir(&spec.cwd) {
         fail("enter the working directory", err);
     }
+    if let Some(limit) = spec.nproc_limit {
+        if let Err(err) = sys::set_nproc_limit(limit) {
+            fail("set RLIMIT_NPROC", err);
+        }
+    }
     if let Err(err) = sys::drop_privileges() {
         fail("drop capabilities", err);
     }

@@ -46,6 +46,10 @@ pub struct Spec {
     pub tmpfs_size: u64,
     /// How long init waits for processes left behind by the test.
     pub leak_timeout_ms: u64,
+    /// RLIMIT_NPROC for the test, the pids cap where no pids cgroup is
+    /// available. The kernel (5.14 and later) counts it per user namespace,
+    /// so it caps the tasks of this container alone.
+    pub nproc_limit: Option<u64>,
 }
 
 /// A container setup step that failed, with the kernel's error.

@@ -214,6 +214,7 @@ fn build_entry(plan: &RootfsPlan, root: &Path, index: usize, entry: &Entry) -> R
             let work = plan.staging.join(format!("work/{index}"));
             make_dirs(&upper)?;
             make_dirs(&work)?;
+            match_owner(path, &upper);
             let mut options = format!(
                 "lowerdir={},upperdir={},workdir={}",
                 escape_overlay_path(path),
@@ -243,6 +244,24 @@ fn build_entry(plan: &RootfsPlan, root: &Path, index: usize, entry: &Entry) -> R
         }
     }
     Ok(())
+}
+
+/// Gives the upper directory the lower one's owner and mode: overlayfs
+/// shows the upper directory's attributes for the merged root, and a fresh
+/// upper directory belongs to the invoking user, which would make `/etc`
+/// writable for a test that could not write it on the host. Where the
+/// owner is not mapped in this user namespace (a rootless run), the
+/// directory keeps its owner and loses its write bits instead.
+fn match_owner(lower: &Path, upper: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::metadata(lower) else { return };
+    let mut mode = meta.mode() & 0o7777;
+    if meta.uid() != nix::unistd::geteuid().as_raw()
+        && std::os::unix::fs::chown(upper, Some(meta.uid()), Some(meta.gid())).is_err()
+    {
+        mode &= !0o222;
+    }
+    let _ = fs::set_permissions(upper, fs::Permissions::from_mode(mode));
 }
 
 /// Escapes the characters overlayfs treats as separators in `lowerdir`.

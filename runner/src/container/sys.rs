@@ -222,6 +222,13 @@ pub fn drop_privileges() -> io::Result<()> {
     Ok(())
 }
 
+/// Sets the soft and hard RLIMIT_NPROC of the calling process.
+pub fn set_nproc_limit(limit: u64) -> io::Result<()> {
+    let value = libc::rlimit { rlim_cur: limit as libc::rlim_t, rlim_max: limit as libc::rlim_t };
+    // SAFETY: `value` is a valid rlimit for the call.
+    check(unsafe { libc::setrlimit(libc::RLIMIT_NPROC, &value) }).map(drop)
+}
+
 /// Brings the loopback interface of the current network namespace up. The
 /// kernel then assigns 127.0.0.1/8 and ::1 to it by itself.
 pub fn loopback_up() -> io::Result<()> {
