@@ -833,6 +833,7 @@ fn probe_spec(id: u64, facts: &ProbeFacts) -> Spec {
         network: false,
         tmpfs_size: 64 << 20,
         leak_timeout_ms: 0,
+        gated: false,
         nproc_limit: None,
     }
 }

@@ -3,12 +3,13 @@
 //! every result to the reporter as it finishes.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use crate::outcome::Outcome;
 use crate::plan::TestCase;
 use crate::report::Reporter;
-use crate::supervise::{run_binary, run_test, Context, RunOptions, TestResult};
+use crate::container::SetupError;
+use crate::supervise::{job_results, prepare, Context, Prepared, RunOptions, Teardown, TestResult};
 
 /// One unit of work: a test, or the tests of one binary, with its options.
 pub struct Job {
@@ -34,6 +35,13 @@ pub fn jobs(tests: &[TestCase], per_binary: bool, mut options_for: impl FnMut(&T
 
 /// Runs the jobs and returns every result, including the tests that do
 /// not run (reported as ignored at once), in the order they finished.
+///
+/// Each worker builds the container of its next job while the current
+/// test runs, so namespace creation, mounts and the old root's detach
+/// overlap with test time instead of adding to it. Init holds a prepared
+/// container at its start gate, so no more than `workers` tests run at
+/// once. Reaping finished containers and removing their cgroups happens
+/// on a separate thread.
 pub fn run(
     ctx: &Context,
     tests: &[TestCase],
@@ -51,47 +59,106 @@ pub fn run(
             finish(TestResult::not_run(test, Outcome::Ignored, &first.options));
         }
     }
-    let next = AtomicUsize::new(0);
-    let ids = AtomicU64::new(1);
+    let queue = Queue { jobs, next: AtomicUsize::new(0), ids: AtomicU64::new(1) };
     std::thread::scope(|scope| {
+        let (reaper, teardowns) = mpsc::channel::<Teardown>();
+        std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn_scoped(scope, move || {
+                for teardown in teardowns {
+                    teardown.run();
+                }
+            })
+            .expect("failed to start the reaper thread");
         for worker in 0..workers.max(1).min(jobs.len().max(1)) {
-            let (next, ids, finish) = (&next, &ids, &finish);
+            let (queue, finish, reaper) = (&queue, &finish, reaper.clone());
             std::thread::Builder::new()
                 .name(format!("worker-{worker}"))
-                .spawn_scoped(scope, move || loop {
-                    let index = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(job) = jobs.get(index) else { break };
-                    run_job(ctx, job, ids.fetch_add(1, Ordering::SeqCst), reporter, finish);
-                })
+                .spawn_scoped(scope, move || work(ctx, queue, reporter, finish, &reaper))
                 .expect("failed to start a worker thread");
         }
     });
     results.into_inner().unwrap_or_else(|e| e.into_inner())
 }
 
-fn run_job(ctx: &Context, job: &Job, id: u64, reporter: &Mutex<Reporter>, finish: &dyn Fn(TestResult)) {
-    if ctx.cancel.is_set() {
+/// The jobs still to run, shared by the workers.
+struct Queue<'a> {
+    jobs: &'a [Job],
+    next: AtomicUsize,
+    ids: AtomicU64,
+}
+
+impl<'a> Queue<'a> {
+    /// Takes the next job and builds its container.
+    fn take_and_prepare<'z>(&self, ctx: &Context<'z>) -> Option<(&'a Job, Result<Prepared<'z>, SetupError>)> {
+        let job = self.jobs.get(self.next.fetch_add(1, Ordering::SeqCst))?;
+        if ctx.cancel.is_set() {
+            return Some((job, Err(cancelled())));
+        }
+        let id = self.ids.fetch_add(1, Ordering::SeqCst);
+        Some((job, prepare(ctx, &job.tests, &job.options, id)))
+    }
+}
+
+/// Marks a job that was never started because the run was interrupted.
+fn cancelled() -> SetupError {
+    SetupError { step: "cancelled".into(), path: String::new(), errno: 0, detail: String::new() }
+}
+
+fn work<'z>(
+    ctx: &Context<'z>,
+    queue: &Queue,
+    reporter: &Mutex<Reporter>,
+    finish: &(dyn Fn(TestResult) + Sync),
+    reaper: &mpsc::Sender<Teardown<'z>>,
+) {
+    let mut ahead = None;
+    loop {
+        let Some((job, prepared)) = ahead.take().or_else(|| queue.take_and_prepare(ctx)) else { break };
+        let prepared = match prepared {
+            Ok(p) if ctx.cancel.is_set() => {
+                let _ = reaper.send(p.discard());
+                Err(cancelled())
+            }
+            other => other,
+        };
+        let prepared = match prepared {
+            Ok(p) => p,
+            Err(error) => {
+                let outcome = if error.step == "cancelled" { Outcome::Cancelled } else { Outcome::SetupFailed };
+                if outcome == Outcome::SetupFailed {
+                    // A container that cannot be built will not build for
+                    // the next test either: stop the run.
+                    ctx.cancel.trigger();
+                }
+                for test in &job.tests {
+                    let mut result = TestResult::not_run(test, outcome, &job.options);
+                    if outcome == Outcome::SetupFailed {
+                        result.setup_error = Some(error.clone());
+                    }
+                    finish(result);
+                }
+                continue;
+            }
+        };
         for test in &job.tests {
-            finish(TestResult::not_run(test, Outcome::Cancelled, &job.options));
+            reporter.lock().unwrap_or_else(|e| e.into_inner()).test_started(test);
         }
-        return;
-    }
-    for test in &job.tests {
-        reporter.lock().unwrap_or_else(|e| e.into_inner()).test_started(test);
-    }
-    let results = match job.tests.as_slice() {
-        [test] => vec![run_test(ctx, test, &job.options, id)],
-        many => run_binary(ctx, &many.iter().collect::<Vec<_>>(), &job.options, id),
-    };
-    if results.iter().any(|r| r.outcome == Outcome::SetupFailed) {
-        // A container that cannot be built will not build for the next
-        // test either: stop the run.
-        ctx.cancel.trigger();
-    }
-    for mut result in results {
-        if let Some((baseline, threshold)) = ctx.baseline {
-            result.growth = baseline.compare(&result, threshold);
+        let running = prepared.start();
+        ahead = queue.take_and_prepare(ctx);
+        let (run, teardown) = running.finish(ctx, &job.options);
+        if let Some(t) = teardown {
+            let _ = reaper.send(t);
         }
-        finish(result);
+        let setup_failed = run.ending.setup_error.is_some();
+        for mut result in job_results(&job.tests, run, &job.options) {
+            if let Some((baseline, threshold)) = ctx.baseline {
+                result.growth = baseline.compare(&result, threshold);
+            }
+            finish(result);
+        }
+        if setup_failed {
+            ctx.cancel.trigger();
+        }
     }
 }

@@ -15,7 +15,7 @@ use crate::budget::{BudgetMode, Judgement};
 use crate::cgroup::{Caps, Controller, RunCgroups, TestCgroup};
 use crate::config::Budgets;
 use crate::report::file::{Baseline, Growth};
-use crate::container::{Container, InitReport, SetupError, Spec, SpawnError, TestExit, Zygote};
+use crate::container::{Container, InitReport, Pipes, SetupError, Spec, SpawnError, TestExit, Zygote};
 use crate::outcome::{judge, Ending, Outcome, Usage};
 use crate::plan::{TestBinary, TestCase};
 
@@ -145,6 +145,8 @@ pub struct TestResult {
     pub judgement: Judgement,
     /// Figures that grew past the baseline's threshold.
     pub growth: Vec<Growth>,
+    /// The container's setup steps with their microseconds, for --timings.
+    pub setup_steps: Vec<(String, u64)>,
 }
 
 impl TestResult {
@@ -182,6 +184,7 @@ impl TestResult {
             budgets: options.budgets.clone(),
             judgement: Judgement::default(),
             growth: Vec::new(),
+            setup_steps: Vec::new(),
         }
     }
 }
@@ -253,58 +256,68 @@ pub struct Phases {
 }
 
 /// What one container run produced.
-struct ContainerRun {
-    ending: Ending,
+pub struct ContainerRun {
+    pub ending: Ending,
     usage: Usage,
     stdout: Captured,
     stderr: Captured,
+    setup_steps: Vec<(String, u64)>,
 }
 
 impl ContainerRun {
-    fn failed_setup(error: SetupError) -> ContainerRun {
+    /// A run whose container could not be built.
+    pub fn failed_setup(error: SetupError) -> ContainerRun {
         ContainerRun {
             ending: Ending { setup_error: Some(error), ..Ending::default() },
             usage: Usage::default(),
             stdout: Captured::default(),
             stderr: Captured::default(),
+            setup_steps: Vec::new(),
         }
     }
 }
 
-/// Runs one test in its own container.
-pub fn run_test(ctx: &Context, test: &TestCase, options: &RunOptions, id: u64) -> TestResult {
-    let mut args: Vec<OsString> = vec!["--exact".into(), test.name.clone().into(), "--nocapture".into()];
-    if test.ignored {
-        args.push("--ignored".into());
+/// The arguments that run a job's tests: one test with `--exact NAME
+/// --nocapture`, or a binary's selected tests with libtest's own capture.
+fn job_args(tests: &[TestCase]) -> Vec<OsString> {
+    if let [test] = tests {
+        let mut args: Vec<OsString> = vec!["--exact".into(), test.name.clone().into(), "--nocapture".into()];
+        if test.ignored {
+            args.push("--ignored".into());
+        }
+        return args;
     }
-    let run = run_container(ctx, &test.binary, args, options, id);
-    let mut result = TestResult::not_run(test, Outcome::SetupFailed, options);
-    result.outcome = judge(&run.ending, &run.usage);
-    result.exit = run.ending.exit;
-    result.usage = run.usage;
-    result.stdout = run.stdout;
-    result.stderr = run.stderr;
-    result.setup_error = run.ending.setup_error;
-    result.apply_budgets(options.budget_mode);
-    result
-}
-
-/// Runs the selected tests of one binary in a single container, with
-/// libtest's own parallelism and capture, and reads each test's verdict
-/// from libtest's output. Usage figures belong to the whole binary, so
-/// they are reported on the binary's first test only.
-pub fn run_binary(ctx: &Context, tests: &[&TestCase], options: &RunOptions, id: u64) -> Vec<TestResult> {
-    let Some(first) = tests.first() else { return Vec::new() };
     let mut args: Vec<OsString> = vec!["--exact".into()];
     args.extend(tests.iter().map(|t| OsString::from(&t.name)));
-    let any_ignored = tests.iter().any(|t| t.ignored);
-    let all_ignored = tests.iter().all(|t| t.ignored);
-    if all_ignored {
+    if tests.iter().all(|t| t.ignored) {
         args.push("--ignored".into());
-    } else if any_ignored {
+    } else if tests.iter().any(|t| t.ignored) {
         args.push("--include-ignored".into());
     }
-    let run = run_container(ctx, &first.binary, args, options, id);
+    args
+}
+
+/// Turns a container's run into the results of the job's tests.
+pub fn job_results(tests: &[TestCase], run: ContainerRun, options: &RunOptions) -> Vec<TestResult> {
+    if let [test] = tests {
+        let mut result = TestResult::not_run(test, Outcome::SetupFailed, options);
+        result.outcome = judge(&run.ending, &run.usage);
+        result.exit = run.ending.exit;
+        result.usage = run.usage;
+        result.stdout = run.stdout;
+        result.stderr = run.stderr;
+        result.setup_steps = run.setup_steps;
+        result.setup_error = run.ending.setup_error;
+        result.apply_budgets(options.budget_mode);
+        return vec![result];
+    }
+    binary_results(tests, run, options)
+}
+
+/// Reads each test's verdict from libtest's output of a whole binary. Usage
+/// figures belong to the whole binary, so they are reported on the
+/// binary's first test only.
+fn binary_results(tests: &[TestCase], run: ContainerRun, options: &RunOptions) -> Vec<TestResult> {
     let verdicts = crate::libtest::parse_output(&run.stdout.text());
     let binary_outcome = judge(&run.ending, &run.usage);
     let mut results = Vec::with_capacity(tests.len());
@@ -350,21 +363,48 @@ fn create_cgroup(ctx: &Context, options: &RunOptions, id: u64) -> Result<Option<
         })
 }
 
-/// Starts a container for `binary`, supervises it to the end, and collects
-/// its output and usage.
-fn run_container(ctx: &Context, binary: &TestBinary, args: Vec<OsString>, options: &RunOptions, id: u64) -> ContainerRun {
+/// A container built and waiting for its test to start.
+pub struct Prepared<'a> {
+    container: Container<'a>,
+    pipes: Pipes,
+    cgroup: Option<TestCgroup>,
+    phases: Phases,
+    started: Instant,
+}
+
+/// The cleanup of a finished container that can wait: reaping its init
+/// and removing its cgroup. A reaper thread does it off the critical path.
+pub struct Teardown<'a> {
+    container: Container<'a>,
+    cgroup: Option<TestCgroup>,
+}
+
+impl Teardown<'_> {
+    /// Waits for the container's init to be reaped, then removes the cgroup.
+    pub fn run(self) {
+        if self.container.wait(Duration::from_secs(10)).is_none() {
+            tracing::warn!(pid = self.container.pid(), "init was not reaped in time");
+            self.container.signal(libc::SIGKILL);
+        }
+        if let Some(c) = &self.cgroup {
+            c.remove();
+        }
+    }
+}
+
+/// Builds the container of a job: its cgroup, its namespaces and its root
+/// filesystem. Init then waits for `Prepared::run` to start the test.
+pub fn prepare<'a>(ctx: &Context<'a>, tests: &[TestCase], options: &RunOptions, id: u64) -> Result<Prepared<'a>, SetupError> {
     let started = Instant::now();
+    let binary = &tests[0].binary;
     let mut phases = Phases::default();
-    let cgroup = match create_cgroup(ctx, options, id) {
-        Ok(c) => c,
-        Err(error) => return ContainerRun::failed_setup(error),
-    };
+    let cgroup = create_cgroup(ctx, options, id)?;
     phases.cgroup = Some(started.elapsed());
 
     let spec = Spec {
         id,
         program: binary.path.clone(),
-        args,
+        args: job_args(tests),
         env: test_env(binary, options),
         cwd: binary.cwd.clone(),
         home: options.home.clone(),
@@ -372,17 +412,21 @@ fn run_container(ctx: &Context, binary: &TestBinary, args: Vec<OsString>, option
         network: options.network,
         tmpfs_size: options.tmpfs_size,
         leak_timeout_ms: options.leak_timeout.as_millis() as u64,
+        gated: true,
         nproc_limit: if ctx.cgroups.is_some_and(|c| c.has(Controller::Pids)) { None } else { options.caps.pids },
     };
     let procs = cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default();
     let spawn_started = Instant::now();
-    let (container, pipes) = match ctx.zygote.spawn(spec, procs) {
-        Ok(pair) => pair,
+    match ctx.zygote.spawn(spec, procs) {
+        Ok((container, pipes)) => {
+            phases.spawn = Some(spawn_started.elapsed());
+            Ok(Prepared { container, pipes, cgroup, phases, started })
+        }
         Err(err) => {
             if let Some(c) = &cgroup {
                 c.remove();
             }
-            return ContainerRun::failed_setup(match err {
+            Err(match err {
                 SpawnError::Setup(e) => e,
                 SpawnError::Zygote(e) => SetupError {
                     step: "reach the zygote".into(),
@@ -390,60 +434,104 @@ fn run_container(ctx: &Context, binary: &TestBinary, args: Vec<OsString>, option
                     errno: e.raw_os_error().unwrap_or(0),
                     detail: e.to_string(),
                 },
-            });
+            })
         }
-    };
-    phases.spawn = Some(spawn_started.elapsed());
+    }
+}
 
-    let mut watch = Watch::new(started + options.timeout, options.kill_grace);
-    let mut stdout = Captured::new(options.max_output);
-    let mut stderr = Captured::new(options.max_output);
-    let mut report = Vec::new();
-    let streams: [(&OwnedFd, &mut dyn FnMut(&[u8])); 3] = [
-        (&pipes.stdout, &mut |d: &[u8]| stdout.push(d)),
-        (&pipes.stderr, &mut |d: &[u8]| stderr.push(d)),
-        (&pipes.report, &mut |d: &[u8]| report.extend_from_slice(d)),
-    ];
-    pump(streams, &mut watch, ctx, &container, cgroup.as_ref());
-    let ended = Instant::now();
+impl<'a> Prepared<'a> {
+    /// Starts the test. Call `finish` next to supervise it.
+    pub fn start(mut self) -> Running<'a> {
+        if let Some(start) = self.pipes.start.take() {
+            let _ = nix::unistd::write(&start, b"1");
+        }
+        Running { prepared: self, started: Instant::now() }
+    }
 
-    let init_exit = container.wait(Duration::from_secs(10));
-    if init_exit.is_none() {
-        tracing::warn!(binary = %binary.id, pid = container.pid(), "init was not reaped in time");
-        container.signal(libc::SIGKILL);
+    /// Gives up the container without running its test: init sees end of
+    /// file on its start pipe and exits.
+    pub fn discard(mut self) -> Teardown<'a> {
+        self.pipes.start.take();
+        Teardown { container: self.container, cgroup: self.cgroup }
     }
-    let mut ending = Ending { timed_out: watch.timed_out, cancelled: watch.cancelled, ..Ending::default() };
-    let mut usage = Usage::combine(cgroup.as_ref().map(|c| c.usage()), init_exit.map(|e| e.rusage));
-    for line in report.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        match serde_json::from_slice::<InitReport>(line) {
-            Ok(InitReport::Exited { exit, leaked, timings }) => {
-                ending.exit = Some(exit);
-                usage.leaked = Some(leaked);
-                usage.wall_time = Some(Duration::from_micros(timings.test_us));
-                phases.mounts = Some(Duration::from_micros(timings.setup_us));
-                phases.test = Some(Duration::from_micros(timings.test_us));
-                phases.leak_wait = Some(Duration::from_micros(timings.leak_wait_us));
+}
+
+/// A container whose test is running.
+pub struct Running<'a> {
+    prepared: Prepared<'a>,
+    started: Instant,
+}
+
+impl<'a> Running<'a> {
+    /// Supervises the test to its end and collects output and usage. The
+    /// cleanup that can wait comes back as a `Teardown`.
+    pub fn finish(self, ctx: &Context, options: &RunOptions) -> (ContainerRun, Option<Teardown<'a>>) {
+        let Running { prepared, started } = self;
+        let Prepared { container, pipes, cgroup, mut phases, started: prepared_at } = prepared;
+        let mut watch = Watch::new(started + options.timeout, options.kill_grace);
+        let mut stdout = Captured::new(options.max_output);
+        let mut stderr = Captured::new(options.max_output);
+        let mut report = Vec::new();
+        let streams: [(&OwnedFd, &mut dyn FnMut(&[u8])); 3] = [
+            (&pipes.stdout, &mut |d: &[u8]| stdout.push(d)),
+            (&pipes.stderr, &mut |d: &[u8]| stderr.push(d)),
+            (&pipes.report, &mut |d: &[u8]| report.extend_from_slice(d)),
+        ];
+        pump(streams, &mut watch, ctx, &container, cgroup.as_ref());
+        let ended = Instant::now();
+
+        let mut ending = Ending { timed_out: watch.timed_out, cancelled: watch.cancelled, ..Ending::default() };
+        let mut usage = Usage::default();
+        let mut setup_steps = Vec::new();
+        for line in report.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            match serde_json::from_slice::<InitReport>(line) {
+                Ok(InitReport::Exited { exit, leaked, timings }) => {
+                    ending.exit = Some(exit);
+                    usage.leaked = Some(leaked);
+                    usage.wall_time = Some(Duration::from_micros(timings.test_us));
+                    phases.mounts = Some(Duration::from_micros(timings.setup_us));
+                    phases.test = Some(Duration::from_micros(timings.test_us));
+                    phases.leak_wait = Some(Duration::from_micros(timings.leak_wait_us));
+                    setup_steps = timings.steps;
+                }
+                Ok(InitReport::Setup { error }) => ending.setup_error = Some(error),
+                Err(err) => tracing::warn!(%err, "unreadable report from the container's init"),
             }
-            Ok(InitReport::Setup { error }) => ending.setup_error = Some(error),
-            Err(err) => tracing::warn!(%err, "unreadable report from the container's init"),
         }
-    }
-    if ending.exit.is_none() && ending.setup_error.is_none() {
-        // Init died without a report: killed by the timeout, from outside,
-        // or by the OOM killer. Its own status is all there is.
-        if let Some(e) = init_exit {
-            if libc::WIFSIGNALED(e.status) {
-                ending.exit = Some(TestExit::Signal(libc::WTERMSIG(e.status)));
+        // The pipes reach end of file once init has exited and with it every
+        // process of the container, so the cgroup's figures are final. What
+        // only wait4 gives (init's own status, rusage) is needed when init
+        // sent no report or when no cgroup measured CPU time.
+        let need_wait4 = ending.exit.is_none() || cgroup.as_ref().is_none_or(|c| !c.has(Controller::Cpuacct));
+        let cgroup_usage = cgroup.as_ref().map(|c| c.usage());
+        let mut teardown = Some(Teardown { container, cgroup });
+        let mut init_exit = None;
+        if need_wait4 {
+            let t = teardown.take().expect("set above");
+            init_exit = t.container.wait(Duration::from_secs(10));
+            if init_exit.is_none() {
+                t.container.signal(libc::SIGKILL);
+            }
+            if let Some(c) = &t.cgroup {
+                c.remove();
             }
         }
+        let combined = Usage::combine(cgroup_usage, init_exit.map(|e| e.rusage));
+        usage = Usage { leaked: usage.leaked, wall_time: usage.wall_time, ..combined };
+        if ending.exit.is_none() && ending.setup_error.is_none() {
+            // Init died without a report: killed by the timeout, from outside,
+            // or by the OOM killer. Its own status is all there is.
+            if let Some(e) = init_exit {
+                if libc::WIFSIGNALED(e.status) {
+                    ending.exit = Some(TestExit::Signal(libc::WTERMSIG(e.status)));
+                }
+            }
+        }
+        phases.teardown = Some(ended.elapsed());
+        usage.container_time = Some(prepared_at.elapsed());
+        usage.phases = Some(phases);
+        (ContainerRun { ending, usage, stdout, stderr, setup_steps }, teardown)
     }
-    if let Some(c) = &cgroup {
-        c.remove();
-    }
-    phases.teardown = Some(ended.elapsed());
-    usage.container_time = Some(started.elapsed());
-    usage.phases = Some(phases);
-    ContainerRun { ending, usage, stdout, stderr }
 }
 
 /// The timeout and cancellation state of one container.

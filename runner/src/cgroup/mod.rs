@@ -24,8 +24,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const RUN_DIR_PREFIX: &str = "cargo-sandbox-test.";
-const RUNNER_LEAF_PREFIX: &str = "cargo-sandbox-test-runner.";
+/// Name prefix of a run's cgroup directory; the runner's pid follows.
+pub const RUN_DIR_PREFIX: &str = "cargo-sandbox-test.";
+/// Name prefix of the leaf cgroup the runner moves into on cgroup v2.
+pub const RUNNER_LEAF_PREFIX: &str = "cargo-sandbox-test-runner.";
 
 /// Resource caps the kernel enforces on one test.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
@@ -376,6 +378,11 @@ pub struct CgroupUsage {
 impl TestCgroup {
     fn dir_of(&self, controller: Controller) -> Option<&TestDir> {
         self.dirs.iter().find(|d| d.controllers.contains(&controller))
+    }
+
+    /// Returns whether this cgroup has a controller.
+    pub fn has(&self, controller: Controller) -> bool {
+        self.dir_of(controller).is_some()
     }
 
     /// Returns the `cgroup.procs` files a test process must be written to.

@@ -21,6 +21,8 @@ pub struct InitFds {
     /// Read end of the pipe on which the zygote releases init once the uid
     /// map is written and the cgroups are joined.
     pub release: RawFd,
+    /// Read end of the runner's start pipe, for a gated container.
+    pub start: Option<RawFd>,
 }
 
 /// Runs the container's init. Never returns.
@@ -29,7 +31,9 @@ pub fn run(plan: &RootfsPlan, spec: &Spec, fds: InitFds) -> ! {
     // If the zygote dies, so does the container: PID 1's death kills every
     // other process in its PID namespace.
     let _ = sys::set_parent_death_signal(libc::SIGKILL);
-    sys::close_other_fds(&[fds.stdout, fds.stderr, fds.report, fds.release]);
+    let mut keep = vec![fds.stdout, fds.stderr, fds.report, fds.release];
+    keep.extend(fds.start);
+    sys::close_other_fds(&keep);
 
     let mut byte = [0u8; 1];
     let released = matches!(sys::read(fds.release, &mut byte), Ok(1));
@@ -46,9 +50,23 @@ pub fn run(plan: &RootfsPlan, spec: &Spec, fds: InitFds) -> ! {
         let _ = sys::write_all(fds.report, &line);
     };
 
-    if let Err(error) = setup(plan, spec) {
+    let mut clock = rootfs::StepClock::new();
+    clock.lap("release");
+    if let Err(error) = setup(plan, spec, &mut clock) {
         report(&InitReport::Setup { error });
         exit(2);
+    }
+    let ready = started.elapsed();
+    if let Some(start) = fds.start {
+        // A prepared container waits here until the runner starts its
+        // test; end of file means the run no longer needs it.
+        let mut byte = [0u8; 1];
+        let go = matches!(sys::read(start, &mut byte), Ok(1));
+        sys::close(start);
+        if !go {
+            exit(0);
+        }
+        clock.lap("waiting to start");
     }
     let setup_done = started.elapsed();
 
@@ -80,9 +98,10 @@ pub fn run(plan: &RootfsPlan, spec: &Spec, fds: InitFds) -> ! {
         exit: exit_info,
         leaked,
         timings: Timings {
-            setup_us: setup_done.as_micros() as u64,
+            setup_us: ready.as_micros() as u64,
             test_us: (test_ended - setup_done).as_micros() as u64,
             leak_wait_us: (started.elapsed() - test_ended).as_micros() as u64,
+            steps: clock.steps.iter().map(|(n, us)| (n.to_string(), *us)).collect(),
         },
     });
     exit(0)
@@ -95,8 +114,8 @@ fn exit(code: i32) -> ! {
 }
 
 /// Builds the container around this process: mounts, hostname, loopback.
-fn setup(plan: &RootfsPlan, spec: &Spec) -> Result<(), SetupError> {
-    rootfs::build(plan, spec.tmpfs_size, &spec.home)?;
+fn setup(plan: &RootfsPlan, spec: &Spec, clock: &mut rootfs::StepClock) -> Result<(), SetupError> {
+    rootfs::build(plan, spec.tmpfs_size, &spec.home, clock)?;
     nix::unistd::sethostname(&spec.hostname).map_err(|errno| SetupError {
         step: "set hostname".into(),
         path: spec.hostname.clone(),
@@ -111,6 +130,7 @@ fn setup(plan: &RootfsPlan, spec: &Spec) -> Result<(), SetupError> {
             detail: err.to_string(),
         })?;
     }
+    clock.lap("hostname+lo");
     Ok(())
 }
 

@@ -46,6 +46,10 @@ pub struct Spec {
     pub tmpfs_size: u64,
     /// How long init waits for processes left behind by the test.
     pub leak_timeout_ms: u64,
+    /// Whether init waits, after building the container, for a byte on the
+    /// start pipe before it starts the test, so containers can be prepared
+    /// while earlier tests run.
+    pub gated: bool,
     /// RLIMIT_NPROC for the test, the pids cap where no pids cgroup is
     /// available. The kernel (5.14 and later) counts it per user namespace,
     /// so it caps the tasks of this container alone.
@@ -109,7 +113,7 @@ pub enum TestExit {
 }
 
 /// Where init's time went, in microseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Timings {
     /// From init's start to the test's fork: mounts, hostname, loopback.
     pub setup_us: u64,
@@ -117,6 +121,8 @@ pub struct Timings {
     pub test_us: u64,
     /// Waiting for processes the test left behind.
     pub leak_wait_us: u64,
+    /// The steps of the setup, in order, each with its microseconds.
+    pub steps: Vec<(String, u64)>,
 }
 
 /// What init writes to the report pipe.
@@ -279,6 +285,15 @@ pub struct Zygote {
     shared: Arc<Shared>,
 }
 
+impl Drop for Zygote {
+    /// Shuts the socket down so the zygote sees end of file and exits,
+    /// killing any container still running, even while the reply thread
+    /// still holds the descriptor.
+    fn drop(&mut self) {
+        let _ = socket::shutdown(self.socket.as_raw_fd(), socket::Shutdown::Both);
+    }
+}
+
 /// Errors of starting a container.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -293,6 +308,9 @@ pub struct Pipes {
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
     pub report: OwnedFd,
+    /// Write end of the start pipe of a gated container: one byte starts
+    /// the test, closing it without a byte makes init exit.
+    pub start: Option<OwnedFd>,
 }
 
 impl Zygote {
@@ -305,6 +323,7 @@ impl Zygote {
     /// stderr and report pipes.
     pub fn spawn(&self, spec: Spec, cgroup_procs: Vec<PathBuf>) -> Result<(Container<'_>, Pipes), SpawnError> {
         let id = spec.id;
+        let gated = spec.gated;
         let mut ends = Vec::new();
         for _ in 0..3 {
             let (read, write) = sys::pipe().map_err(SpawnError::Zygote)?;
@@ -313,8 +332,21 @@ impl Zygote {
         }
         let (tx, rx) = mpsc::channel();
         self.shared.waiters.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
-        let write_fds: Vec<RawFd> = ends.iter().map(|(_, w)| w.as_raw_fd()).collect();
-        let sent = self.send(&Request::Spawn { spec, cgroup_procs }, &write_fds);
+        let mut send_fds: Vec<RawFd> = ends.iter().map(|(_, w)| w.as_raw_fd()).collect();
+        let start = if gated {
+            let (read, write) = sys::pipe().map_err(SpawnError::Zygote)?;
+            // SAFETY: pipe() returned fresh descriptors that nothing else owns.
+            let pair = unsafe { (OwnedFd::from_raw_fd(read), OwnedFd::from_raw_fd(write)) };
+            send_fds.push(pair.0.as_raw_fd());
+            Some(pair)
+        } else {
+            None
+        };
+        let sent = self.send(&Request::Spawn { spec, cgroup_procs }, &send_fds);
+        let start = start.map(|(read, write)| {
+            drop(read);
+            write
+        });
         let mut reads = Vec::new();
         for (read, write) in ends {
             drop(write);
@@ -335,7 +367,7 @@ impl Zygote {
         let report = reads.pop().expect("three pipes");
         let stderr = reads.pop().expect("three pipes");
         let stdout = reads.pop().expect("three pipes");
-        Ok((container, Pipes { stdout, stderr, report }))
+        Ok((container, Pipes { stdout, stderr, report, start }))
     }
 }
 

@@ -145,7 +145,7 @@ fn make_dirs(path: &Path) -> Result<(), SetupError> {
 /// Builds the root filesystem under the staging directory and makes it the
 /// root of the calling process. Runs in the container's init, inside its
 /// new user and mount namespaces, before `pivot_root`.
-pub fn build(plan: &RootfsPlan, tmpfs_size: u64, home: &Path) -> Result<(), SetupError> {
+pub fn build(plan: &RootfsPlan, tmpfs_size: u64, home: &Path, clock: &mut StepClock) -> Result<(), SetupError> {
     let none: Option<&str> = None;
     // Mount events must not travel back to the host: every later mount is
     // private to this namespace.
@@ -170,12 +170,15 @@ pub fn build(plan: &RootfsPlan, tmpfs_size: u64, home: &Path) -> Result<(), Setu
         mount(Some(&root), &root, none, MsFlags::MS_BIND, none),
     )?;
 
+    clock.lap("tmpfs");
     for (index, entry) in plan.entries.iter().enumerate() {
         build_entry(plan, &root, index, entry)?;
     }
+    clock.lap("overlays");
 
     mount_proc(&root)?;
     mount_sys(&root);
+    clock.lap("proc+sys");
     build_dev(&root)?;
     let target_home = under(&root, home);
     make_dirs(&target_home)?;
@@ -190,7 +193,8 @@ pub fn build(plan: &RootfsPlan, tmpfs_size: u64, home: &Path) -> Result<(), Setu
             step("bind /etc/hosts", &target, mount(Some(hosts), &target, none, MsFlags::MS_BIND, none))?;
         }
     }
-    pivot(&root)
+    clock.lap("dev+home");
+    pivot(&root, clock)
 }
 
 fn build_entry(plan: &RootfsPlan, root: &Path, index: usize, entry: &Entry) -> Result<(), SetupError> {
@@ -262,6 +266,25 @@ fn match_owner(lower: &Path, upper: &Path) {
         mode &= !0o222;
     }
     let _ = fs::set_permissions(upper, fs::Permissions::from_mode(mode));
+}
+
+/// Measures the steps of the container sequence, for `--timings`.
+pub struct StepClock {
+    last: std::time::Instant,
+    pub steps: Vec<(&'static str, u64)>,
+}
+
+impl StepClock {
+    pub fn new() -> StepClock {
+        StepClock { last: std::time::Instant::now(), steps: Vec::new() }
+    }
+
+    /// Records the time since the previous lap under `name`, in microseconds.
+    pub fn lap(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.steps.push((name, (now - self.last).as_micros() as u64));
+        self.last = now;
+    }
 }
 
 /// Escapes the characters overlayfs treats as separators in `lowerdir`.
@@ -375,12 +398,14 @@ fn build_dev(root: &Path) -> Result<(), SetupError> {
 }
 
 /// Makes `root` the root of this mount namespace and detaches the old one.
-fn pivot(root: &Path) -> Result<(), SetupError> {
+fn pivot(root: &Path, clock: &mut StepClock) -> Result<(), SetupError> {
     io_step("enter the new root", root, std::env::set_current_dir(root))?;
     // pivot_root(".", ".") stacks the old root on top of the new one, so no
     // directory for it is needed; the detach below then removes it.
     step("pivot_root", root, nix::unistd::pivot_root(".", "."))?;
+    clock.lap("pivot_root");
     step("detach the old root", Path::new("/"), umount2(".", MntFlags::MNT_DETACH))?;
+    clock.lap("detach");
     io_step("enter the new root", Path::new("/"), std::env::set_current_dir("/"))?;
     Ok(())
 }

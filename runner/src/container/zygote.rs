@@ -85,8 +85,11 @@ impl Zygote {
             Request::Plan(plan) => self.plan = Some(plan),
             Request::Spawn { spec, cgroup_procs } => {
                 let reply = match (self.plan.clone(), fds.as_slice()) {
-                    (Some(plan), [stdout, stderr, report]) => {
-                        self.spawn(&plan, &spec, &cgroup_procs, [*stdout, *stderr, *report])
+                    (Some(plan), [stdout, stderr, report]) if !spec.gated => {
+                        self.spawn(&plan, &spec, &cgroup_procs, [*stdout, *stderr, *report], None)
+                    }
+                    (Some(plan), [stdout, stderr, report, start]) if spec.gated => {
+                        self.spawn(&plan, &spec, &cgroup_procs, [*stdout, *stderr, *report], Some(*start))
                     }
                     _ => Reply::SpawnFailed {
                         id: spec.id,
@@ -111,7 +114,14 @@ impl Zygote {
         }
     }
 
-    fn spawn(&mut self, plan: &RootfsPlan, spec: &Spec, cgroup_procs: &[PathBuf], fds: [RawFd; 3]) -> Reply {
+    fn spawn(
+        &mut self,
+        plan: &RootfsPlan,
+        spec: &Spec,
+        cgroup_procs: &[PathBuf],
+        fds: [RawFd; 3],
+        start: Option<RawFd>,
+    ) -> Reply {
         let (release_read, release_write) = match sys::pipe() {
             Ok(p) => p,
             Err(err) => return Reply::SpawnFailed { id: spec.id, error: SetupError::io("create a pipe", "", &err) },
@@ -138,7 +148,7 @@ impl Zygote {
         };
         if pid == 0 {
             sys::close(release_write);
-            let fds = InitFds { stdout: fds[0], stderr: fds[1], report: fds[2], release: release_read };
+            let fds = InitFds { stdout: fds[0], stderr: fds[1], report: fds[2], release: release_read, start };
             init::run(plan, spec, fds);
         }
         sys::close(release_read);

@@ -409,6 +409,24 @@ pub fn print_timings(results: &[TestResult]) {
             p90.as_secs_f64() * 1000.0
         );
     }
+    let mut steps: Vec<(&str, Vec<u64>)> = Vec::new();
+    for r in results {
+        for (name, us) in &r.setup_steps {
+            match steps.iter_mut().find(|(n, _)| *n == name.as_str()) {
+                Some((_, values)) => values.push(*us),
+                None => steps.push((name.as_str(), vec![*us])),
+            }
+        }
+    }
+    if !steps.is_empty() {
+        eprintln!("{:>32}", "init's setup, step by step:");
+    }
+    for (name, mut values) in steps {
+        values.sort_unstable();
+        let median = values[values.len() / 2] as f64 / 1000.0;
+        let p90 = values[(values.len() * 9 / 10).min(values.len() - 1)] as f64 / 1000.0;
+        eprintln!("{name:>32}  {median:>8.3} / {p90:>8.3}");
+    }
     if let Some(rss) = runner_peak_rss() {
         eprintln!("{:>32}  {}", "runner peak RSS", mib(rss));
     }
