@@ -9,7 +9,7 @@ use crate::outcome::Outcome;
 use crate::plan::TestCase;
 use crate::report::Reporter;
 use crate::container::SetupError;
-use crate::supervise::{job_results, prepare, Context, Prepared, RunOptions, Teardown, TestResult};
+use crate::supervise::{job_results, prepare, Context, Pending, RunOptions, Teardown, TestResult};
 
 /// One unit of work: a test, or the tests of one binary, with its options.
 pub struct Job {
@@ -89,8 +89,8 @@ struct Queue<'a> {
 }
 
 impl<'a> Queue<'a> {
-    /// Takes the next job and builds its container.
-    fn take_and_prepare<'z>(&self, ctx: &Context<'z>) -> Option<(&'a Job, Result<Prepared<'z>, SetupError>)> {
+    /// Takes the next job and asks for its container.
+    fn take_and_prepare<'z>(&self, ctx: &Context<'z>) -> Option<(&'a Job, Result<Pending<'z>, SetupError>)> {
         let job = self.jobs.get(self.next.fetch_add(1, Ordering::SeqCst))?;
         if ctx.cancel.is_set() {
             return Some((job, Err(cancelled())));
@@ -114,8 +114,8 @@ fn work<'z>(
 ) {
     let mut ahead = None;
     loop {
-        let Some((job, prepared)) = ahead.take().or_else(|| queue.take_and_prepare(ctx)) else { break };
-        let prepared = match prepared {
+        let Some((job, pending)) = ahead.take().or_else(|| queue.take_and_prepare(ctx)) else { break };
+        let prepared = match pending.and_then(Pending::ready) {
             Ok(p) if ctx.cancel.is_set() => {
                 let _ = reaper.send(p.discard());
                 Err(cancelled())

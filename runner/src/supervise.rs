@@ -15,7 +15,7 @@ use crate::budget::{BudgetMode, Judgement};
 use crate::cgroup::{Caps, Controller, RunCgroups, TestCgroup};
 use crate::config::Budgets;
 use crate::report::file::{Baseline, Growth};
-use crate::container::{Container, InitReport, Pipes, SetupError, Spec, SpawnError, TestExit, Zygote};
+use crate::container::{Container, InitReport, PendingSpawn, Pipes, SetupError, Spec, SpawnError, TestExit, Zygote};
 use crate::outcome::{judge, Ending, Outcome, Usage};
 use crate::plan::{TestBinary, TestCase};
 
@@ -392,9 +392,18 @@ impl Teardown<'_> {
     }
 }
 
-/// Builds the container of a job: its cgroup, its namespaces and its root
-/// filesystem. Init then waits for `Prepared::run` to start the test.
-pub fn prepare<'a>(ctx: &Context<'a>, tests: &[TestCase], options: &RunOptions, id: u64) -> Result<Prepared<'a>, SetupError> {
+/// A container the zygote is still building, with its cgroup.
+pub struct Pending<'a> {
+    spawn: PendingSpawn<'a>,
+    cgroup: Option<TestCgroup>,
+    phases: Phases,
+    started: Instant,
+}
+
+/// Asks for the container of a job: its cgroup, its namespaces and its
+/// root filesystem. Returns at once; `Pending::ready` waits for it. Init
+/// then waits for `Prepared::start` to start the test.
+pub fn prepare<'a>(ctx: &Context<'a>, tests: &[TestCase], options: &RunOptions, id: u64) -> Result<Pending<'a>, SetupError> {
     let started = Instant::now();
     let binary = &tests[0].binary;
     let mut phases = Phases::default();
@@ -416,25 +425,45 @@ pub fn prepare<'a>(ctx: &Context<'a>, tests: &[TestCase], options: &RunOptions, 
         nproc_limit: if ctx.cgroups.is_some_and(|c| c.has(Controller::Pids)) { None } else { options.caps.pids },
     };
     let procs = cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default();
-    let spawn_started = Instant::now();
-    match ctx.zygote.spawn(spec, procs) {
-        Ok((container, pipes)) => {
-            phases.spawn = Some(spawn_started.elapsed());
-            Ok(Prepared { container, pipes, cgroup, phases, started })
-        }
+    match ctx.zygote.request_spawn(spec, procs) {
+        Ok(spawn) => Ok(Pending { spawn, cgroup, phases, started }),
         Err(err) => {
             if let Some(c) = &cgroup {
                 c.remove();
             }
-            Err(match err {
-                SpawnError::Setup(e) => e,
-                SpawnError::Zygote(e) => SetupError {
-                    step: "reach the zygote".into(),
-                    path: String::new(),
-                    errno: e.raw_os_error().unwrap_or(0),
-                    detail: e.to_string(),
-                },
-            })
+            Err(spawn_error(err))
+        }
+    }
+}
+
+fn spawn_error(err: SpawnError) -> SetupError {
+    match err {
+        SpawnError::Setup(e) => e,
+        SpawnError::Zygote(e) => SetupError {
+            step: "reach the zygote".into(),
+            path: String::new(),
+            errno: e.raw_os_error().unwrap_or(0),
+            detail: e.to_string(),
+        },
+    }
+}
+
+impl<'a> Pending<'a> {
+    /// Waits until the zygote has the container running at its start gate.
+    pub fn ready(self) -> Result<Prepared<'a>, SetupError> {
+        let Pending { spawn, cgroup, mut phases, started } = self;
+        let asked = started + phases.cgroup.unwrap_or_default();
+        match spawn.wait() {
+            Ok((container, pipes)) => {
+                phases.spawn = Some(asked.elapsed());
+                Ok(Prepared { container, pipes, cgroup, phases, started })
+            }
+            Err(err) => {
+                if let Some(c) = &cgroup {
+                    c.remove();
+                }
+                Err(spawn_error(err))
+            }
         }
     }
 }

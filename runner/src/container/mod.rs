@@ -319,9 +319,15 @@ impl Zygote {
         send_message(self.socket.as_raw_fd(), request, fds)
     }
 
-    /// Starts a container. Returns it with the read ends of its stdout,
-    /// stderr and report pipes.
+    /// Starts a container and waits until it runs. Returns it with the
+    /// read ends of its stdout, stderr and report pipes.
     pub fn spawn(&self, spec: Spec, cgroup_procs: Vec<PathBuf>) -> Result<(Container<'_>, Pipes), SpawnError> {
+        self.request_spawn(spec, cgroup_procs)?.wait()
+    }
+
+    /// Asks the zygote for a container without waiting for it, so the
+    /// caller can do other work while the zygote clones it.
+    pub fn request_spawn(&self, spec: Spec, cgroup_procs: Vec<PathBuf>) -> Result<PendingSpawn<'_>, SpawnError> {
         let id = spec.id;
         let gated = spec.gated;
         let mut ends = Vec::new();
@@ -357,17 +363,31 @@ impl Zygote {
             self.shared.waiters.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             return Err(SpawnError::Zygote(err));
         }
-        let container = match rx.recv() {
-            Ok(Reply::Spawned { pid, .. }) => Container { id, pid, rx, zygote: self },
-            Ok(Reply::SpawnFailed { error, .. }) => return Err(SpawnError::Setup(error)),
-            Ok(Reply::Exited { .. }) | Err(_) => {
-                return Err(SpawnError::Zygote(io::Error::other("the zygote exited")));
-            }
-        };
         let report = reads.pop().expect("three pipes");
         let stderr = reads.pop().expect("three pipes");
         let stdout = reads.pop().expect("three pipes");
-        Ok((container, Pipes { stdout, stderr, report, start }))
+        let pipes = Pipes { stdout, stderr, report, start };
+        Ok(PendingSpawn { id, rx, pipes, zygote: self })
+    }
+}
+
+/// A container the zygote is creating.
+pub struct PendingSpawn<'a> {
+    id: u64,
+    rx: mpsc::Receiver<Reply>,
+    pipes: Pipes,
+    zygote: &'a Zygote,
+}
+
+impl<'a> PendingSpawn<'a> {
+    /// Waits for the zygote's answer.
+    pub fn wait(self) -> Result<(Container<'a>, Pipes), SpawnError> {
+        let PendingSpawn { id, rx, pipes, zygote } = self;
+        match rx.recv() {
+            Ok(Reply::Spawned { pid, .. }) => Ok((Container { id, pid, rx, zygote }, pipes)),
+            Ok(Reply::SpawnFailed { error, .. }) => Err(SpawnError::Setup(error)),
+            Ok(Reply::Exited { .. }) | Err(_) => Err(SpawnError::Zygote(io::Error::other("the zygote exited"))),
+        }
     }
 }
 

@@ -29,6 +29,10 @@ pub enum Entry {
     BindReadOnly { path: PathBuf },
     /// An empty directory on the container's tmpfs.
     EmptyDir { path: PathBuf, mode: u32 },
+    /// An empty directory on the container's tmpfs standing in for an empty
+    /// host directory, with its owner and mode: the same view and the same
+    /// copy-on-write behaviour as an overlay, without a mount.
+    EmptyCopy { path: PathBuf },
 }
 
 /// Everything a container's init needs to build its root filesystem.
@@ -85,6 +89,8 @@ pub fn plan(staging: PathBuf, extra: &[(PathBuf, bool)]) -> io::Result<RootfsPla
             entries.push(Entry::EmptyDir { path, mode: *mode });
         } else if mount_points.iter().any(|m| m.starts_with(&path) && *m != path) {
             entries.push(Entry::BindReadOnly { path });
+        } else if fs::read_dir(&path).is_ok_and(|mut d| d.next().is_none()) {
+            entries.push(Entry::EmptyCopy { path });
         } else {
             entries.push(Entry::Overlay { path });
         }
@@ -211,6 +217,11 @@ fn build_entry(plan: &RootfsPlan, root: &Path, index: usize, entry: &Entry) -> R
             make_dirs(&at)?;
             io_step("set permissions", &at, fs::set_permissions(&at, fs::Permissions::from_mode(*mode)))?;
         }
+        Entry::EmptyCopy { path } => {
+            let at = under(root, path);
+            make_dirs(&at)?;
+            match_owner(path, &at);
+        }
         Entry::Overlay { path } if !plan.overlay_refused => {
             let at = under(root, path);
             make_dirs(&at)?;
@@ -250,9 +261,9 @@ fn build_entry(plan: &RootfsPlan, root: &Path, index: usize, entry: &Entry) -> R
     Ok(())
 }
 
-/// Gives the upper directory the lower one's owner and mode: overlayfs
+/// Gives a directory the owner and mode of a host directory. overlayfs
 /// shows the upper directory's attributes for the merged root, and a fresh
-/// upper directory belongs to the invoking user, which would make `/etc`
+/// directory belongs to the invoking user, which would make `/etc`
 /// writable for a test that could not write it on the host. Where the
 /// owner is not mapped in this user namespace (a rootless run), the
 /// directory keeps its owner and loses its write bits instead.
@@ -422,6 +433,7 @@ mod tests {
                 Entry::Symlink { path, .. }
                 | Entry::Overlay { path }
                 | Entry::BindReadOnly { path }
+                | Entry::EmptyCopy { path }
                 | Entry::EmptyDir { path, .. } => path == Path::new(name),
             })
         };
