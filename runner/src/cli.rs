@@ -32,6 +32,8 @@ pub mod exit_code {
     pub const SETUP_FAILED: i32 = 102;
     /// A test binary could not list its tests.
     pub const LIST_FAILED: i32 = 104;
+    /// No test matched the filters (with `--no-tests fail`, the default).
+    pub const NO_TESTS: i32 = 4;
     /// The run was interrupted by SIGINT or SIGTERM.
     pub const INTERRUPTED: i32 = 130;
 }
@@ -40,8 +42,36 @@ fn size_arg(text: &str) -> Result<u64, String> {
     parse_size(text)
 }
 
+/// Parses a memory cap, rejecting values too small to start any test,
+/// which are nearly always a missing unit ("512" for "512MiB").
+fn memory_arg(text: &str) -> Result<u64, String> {
+    let bytes = parse_size(text)?;
+    if bytes < 4 << 20 {
+        return Err(format!(
+            "memory cap {text:?} is {bytes} bytes, too small to run a test; give a unit, such as \"{text}MiB\""
+        ));
+    }
+    Ok(bytes)
+}
+
 fn duration_arg(text: &str) -> Result<Duration, String> {
     parse_duration(text)
+}
+
+/// Parses a timeout, which must be longer than zero.
+fn timeout_arg(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.is_zero() {
+        return Err(format!("invalid timeout {text:?}: it must be longer than zero, such as \"30s\""));
+    }
+    Ok(duration)
+}
+
+fn jobs_arg(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("invalid job count {text:?}: expected a whole number of 1 or more")),
+    }
 }
 
 fn cpus_arg(text: &str) -> Result<f64, String> {
@@ -66,6 +96,7 @@ fn env_arg(text: &str) -> Result<(String, Option<String>), String> {
 #[derive(Debug, Parser)]
 #[command(
     name = "cargo sandbox-test",
+    bin_name = "cargo sandbox-test",
     version,
     about,
     after_help = EXIT_CODES_HELP,
@@ -97,9 +128,12 @@ pub struct Cli {
     /// Print the tests that would run, then exit
     #[arg(long, help_heading = "Test selection")]
     pub list: bool,
+    /// What a run that selects no test does
+    #[arg(long, value_enum, value_name = "ACTION", default_value = "fail", help_heading = "Test selection")]
+    pub no_tests: NoTests,
 
     /// Tests (or binaries, with --per-binary) run at once [default: CPUs this process may use]
-    #[arg(short = 'j', long, value_name = "N", help_heading = "Running")]
+    #[arg(short = 'j', long, value_name = "N", value_parser = jobs_arg, help_heading = "Running")]
     pub jobs: Option<usize>,
     /// Run each test binary in one container instead of each test
     #[arg(long, help_heading = "Running")]
@@ -109,7 +143,7 @@ pub struct Cli {
     pub config_profile: String,
 
     /// Memory cap per test, swap included [default: 2GiB]
-    #[arg(long, value_name = "SIZE", value_parser = size_arg, help_heading = "Caps")]
+    #[arg(long, value_name = "SIZE", value_parser = memory_arg, help_heading = "Caps")]
     pub memory: Option<u64>,
     /// CPU quota per test, in CPUs [default: no quota]
     #[arg(long, value_name = "CPUS", value_parser = cpus_arg, help_heading = "Caps")]
@@ -118,7 +152,7 @@ pub struct Cli {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Caps")]
     pub pids: Option<u64>,
     /// Wall-clock timeout per test [default: 5m]
-    #[arg(long, value_name = "DURATION", value_parser = duration_arg, help_heading = "Caps")]
+    #[arg(long, value_name = "DURATION", value_parser = timeout_arg, help_heading = "Caps")]
     pub timeout: Option<Duration>,
     /// Time between SIGTERM and SIGKILL when a test is stopped
     #[arg(long, value_name = "DURATION", value_parser = duration_arg, default_value = "2s", help_heading = "Caps")]
@@ -185,6 +219,17 @@ pub struct Cli {
     pub test_args: Vec<String>,
 }
 
+/// What to do when the filters select no test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NoTests {
+    /// Exit with code 4
+    Fail,
+    /// Print a warning and exit 0
+    Warn,
+    /// Exit 0
+    Pass,
+}
+
 /// Subcommands besides running tests.
 #[derive(Debug, clap::Subcommand)]
 pub enum Commands {
@@ -224,6 +269,7 @@ Exit codes:
   100  one or more tests failed
   101  the build failed
   102  the sandbox could not be set up
+  4    no test matched the filters (see --no-tests)
   104  a test binary could not list its tests
   130  interrupted by SIGINT or SIGTERM";
 
@@ -249,10 +295,18 @@ impl Cli {
                     None => return Err("`--skip` after `--` needs a pattern".into()),
                 },
                 other if other.starts_with("--skip=") => filter.skip.push(other["--skip=".len()..].into()),
+                other if other.starts_with("--test-threads") => {
+                    return Err(format!(
+                        "unsupported test argument `{other}` after `--`: each test runs in its own \
+                         process, so use `-j N` to set how many run at once"
+                    ))
+                }
                 other if other.starts_with('-') => {
                     return Err(format!(
                         "unsupported test argument `{other}` after `--`: accepted are filters, \
-                         --exact, --skip PATTERN, --ignored and --include-ignored"
+                         --exact, --skip PATTERN, --ignored and --include-ignored (--nocapture and \
+                         --show-output are accepted and change nothing: each test's output is \
+                         captured and shown when it fails)"
                     ))
                 }
                 other => filter.patterns.push(other.to_string()),
@@ -263,7 +317,6 @@ impl Cli {
 
     fn jobs(&self) -> usize {
         self.jobs
-            .filter(|j| *j > 0)
             .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
             .unwrap_or(1)
     }
@@ -310,17 +363,6 @@ pub fn run(cli: Cli, zygote: ZygoteHandle) -> i32 {
         }
     };
     let binary_count = build.binaries.len();
-    let tests = match plan::list(build.binaries.clone(), &filter, jobs) {
-        Ok(t) => t,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return exit_code::LIST_FAILED;
-        }
-    };
-    if cli.list {
-        print_list(&tests);
-        return exit_code::SUCCESS;
-    }
 
     let toolchain = Toolchain::detect();
     let staging = std::env::temp_dir().join(format!("cargo-sandbox-test.{}", std::process::id()));
@@ -332,9 +374,70 @@ pub fn run(cli: Cli, zygote: ZygoteHandle) -> i32 {
             return exit_code::SETUP_FAILED;
         }
     };
-    let code = sandbox.run_tests(&cli, &config, &tests, binary_count, jobs);
+    let code = list_and_run(&cli, &config, &sandbox, build.binaries, &filter, binary_count, jobs);
     sandbox.teardown();
     code
+}
+
+/// Lists the tests (each binary in a container of its own), prints the
+/// plan with `--list`, and otherwise runs the tests.
+fn list_and_run(
+    cli: &Cli,
+    config: &Config,
+    sandbox: &Sandbox,
+    binaries: Vec<plan::TestBinary>,
+    filter: &Filter,
+    binary_count: usize,
+    jobs: usize,
+) -> i32 {
+    let options = listing_options(cli, &sandbox.home);
+    let ids = std::sync::atomic::AtomicU64::new(1 << 32);
+    let lister = |binary: &plan::TestBinary, args: &[&str]| {
+        let id = ids.fetch_add(1, Ordering::SeqCst);
+        crate::supervise::capture(&sandbox.zygote, binary, args, &options, id, Duration::from_secs(60))
+    };
+    let tests = match plan::list(binaries, filter, jobs, &lister) {
+        Ok(t) => t,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return exit_code::LIST_FAILED;
+        }
+    };
+    if cli.list {
+        print_list(&tests, cli.message_format);
+        return exit_code::SUCCESS;
+    }
+    if !tests.iter().any(|t| t.run) {
+        let message = "no test matched the filters; check them with `--list`";
+        match cli.no_tests {
+            NoTests::Fail => {
+                eprintln!("error: {message}, or pass `--no-tests warn`");
+                return exit_code::NO_TESTS;
+            }
+            NoTests::Warn => eprintln!("warning: {message}"),
+            NoTests::Pass => {}
+        }
+    }
+    sandbox.run_tests(cli, config, &tests, binary_count, jobs)
+}
+
+/// Options for the containers that list tests: the flags and built-in
+/// defaults, with no budgets.
+fn listing_options(cli: &Cli, home: &Path) -> RunOptions {
+    RunOptions {
+        caps: Caps { memory: None, cpus: None, pids: Some(cli.pids.unwrap_or(defaults::PIDS)) },
+        timeout: Duration::from_secs(60),
+        kill_grace: cli.kill_grace,
+        leak_timeout: Duration::ZERO,
+        fail_on_leak: false,
+        tmpfs_size: cli.tmpfs_size,
+        max_output: cli.max_output as usize,
+        network: false,
+        env: cli.env.clone(),
+        home: home.to_path_buf(),
+        budgets: crate::config::Budgets::default(),
+        budget_mode: cli.budgets,
+    }
 }
 
 fn suggest_budgets(args: &SuggestArgs) -> i32 {
@@ -356,10 +459,15 @@ fn load_config(cli: &Cli) -> Result<Config, String> {
     let metadata = plan::metadata(cli.build.manifest_path.as_deref()).map_err(|e| e.to_string())?;
     let config = Config::load(metadata.workspace_root.as_std_path()).map_err(|e| e.to_string())?;
     if !config.profile_names().contains(&cli.config_profile) {
+        let origin = config.origin();
+        let place = if origin.exists() {
+            format!("in {}", origin.display())
+        } else {
+            format!("(no {} in {})", crate::config::CONFIG_FILE, metadata.workspace_root)
+        };
         return Err(format!(
-            "profile `{}` is not defined in {}; defined profiles: {}",
+            "profile `{}` is not defined {place}; defined profiles: {}",
             cli.config_profile,
-            config.origin().display(),
             config.profile_names().join(", ")
         ));
     }
@@ -405,8 +513,18 @@ fn options_for(cli: &Cli, config: &Config, test: &TestCase, home: &Path) -> Resu
     })
 }
 
-fn print_list(tests: &[TestCase]) {
+fn print_list(tests: &[TestCase], format: MessageFormat) {
     for test in tests {
+        if format == MessageFormat::Json {
+            let line = serde_json::json!({
+                "binary_id": test.binary.id,
+                "name": test.name,
+                "ignored": test.ignored,
+                "runs": test.run,
+            });
+            println!("{line}");
+            continue;
+        }
         let mark = if !test.run && test.ignored { " (ignored)" } else { "" };
         println!("{} {}{mark}", test.binary.id, test.name);
     }
@@ -436,10 +554,20 @@ impl Sandbox {
         remove_stale_staging(&staging);
 
         let mut extra = vec![(workspace.to_path_buf(), true), (target_dir.to_path_buf(), true)];
-        for dir in [&toolchain.rustup_home, &toolchain.cargo_home].into_iter().flatten() {
+        if let Some(dir) = &toolchain.rustup_home {
             extra.push((dir.clone(), false));
         }
-        let mut rootfs = container::rootfs::plan(staging.join("mnt"), &extra)
+        // Of CARGO_HOME, only what a nested cargo needs offline: the
+        // installed binaries and the downloaded sources. Registry tokens
+        // stay out, and are masked where CARGO_HOME is visible anyway.
+        let mut masks = Vec::new();
+        if let Some(dir) = &toolchain.cargo_home {
+            for sub in ["bin", "registry", "git"] {
+                extra.push((dir.join(sub), false));
+            }
+            masks.extend(["credentials.toml", "credentials"].map(|f| dir.join(f)));
+        }
+        let mut rootfs = container::rootfs::plan(staging.join("mnt"), &extra, &masks)
             .map_err(|e| format!("cannot read the host's mounts: {e}"))?;
         std::fs::create_dir_all(&rootfs.staging)
             .map_err(|e| format!("cannot create {}: {e}", rootfs.staging.display()))?;
@@ -490,7 +618,7 @@ impl Sandbox {
             baseline: baseline.as_ref().map(|b| (b, cli.baseline_threshold)),
         };
         let reporter = Mutex::new(Reporter::new(cli.message_format));
-        reporter.lock().expect("not poisoned").run_started(tests, binaries, workers, self.cgroups_kind(), &self.header(jobs.first()));
+        reporter.lock().expect("not poisoned").run_started(tests, binaries, workers, cli.per_binary, self.cgroups_kind(), &self.header(jobs.first()));
         let results = crate::schedule::run(&ctx, tests, &jobs, workers, &reporter);
 
         let summary = Summary::of(&results);
@@ -502,6 +630,8 @@ impl Sandbox {
         } else if summary.failed > 0 || summary.cancelled > 0 {
             exit_code::TEST_FAILED
         } else if cli.fail_on_growth && results.iter().any(|r| !r.growth.is_empty()) {
+            let grown = results.iter().filter(|r| !r.growth.is_empty()).count();
+            eprintln!("error: {} grew past the baseline threshold, and --fail-on-growth is set", crate::report::plural(grown, "test"));
             exit_code::TEST_FAILED
         } else {
             exit_code::SUCCESS
@@ -567,7 +697,7 @@ impl Sandbox {
             None => String::new(),
         };
         let cpus = match caps.cpus {
-            Some(c) if has(Controller::Cpu) => format!(", {c} CPUs"),
+            Some(c) if has(Controller::Cpu) => format!(", CPU quota {c}"),
             Some(_) => ", CPU quota unenforced".into(),
             None => String::new(),
         };

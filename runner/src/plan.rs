@@ -139,6 +139,8 @@ pub struct TestBinary {
     pub cwd: PathBuf,
     /// The environment cargo gives the test process at run time.
     pub env: BTreeMap<String, OsString>,
+    /// False for a target with `harness = false` in its manifest.
+    pub harness: bool,
 }
 
 /// One test of one binary.
@@ -150,6 +152,9 @@ pub struct TestCase {
     /// False when a filter deselects it or when it is ignored and ignored
     /// tests are not run.
     pub run: bool,
+    /// A `harness = false` binary that does not list its tests: the whole
+    /// binary runs as this one test, with no arguments.
+    pub whole_binary: bool,
 }
 
 impl TestCase {
@@ -194,6 +199,9 @@ pub fn build(args: &BuildArgs) -> Result<Build, PlanError> {
         Some(d) => std::path::absolute(d).unwrap_or_else(|_| d.clone()),
         None => metadata.target_directory.clone().into_std_path_buf(),
     };
+    // `..` in a path would defeat the prefix checks that decide which host
+    // directories the container must bind back in.
+    let target_dir = target_dir.canonicalize().unwrap_or(target_dir);
 
     let mut command = Command::new(cargo_program());
     command
@@ -240,6 +248,7 @@ pub fn build(args: &BuildArgs) -> Result<Build, PlanError> {
         let bins = bins_by_package.get(&artifact.package_id.repr).cloned().unwrap_or_default();
         let env = runtime_env(package, &artifact.target.name, &path, &bins, &target_dir, &toolchain);
         let cwd = package.manifest_path.parent().expect("manifest has a directory").as_std_path().to_path_buf();
+        let harness = !no_harness_targets(package).contains(&artifact.target.name);
         binaries.push(TestBinary {
             id,
             package: package.name.to_string(),
@@ -248,11 +257,40 @@ pub fn build(args: &BuildArgs) -> Result<Build, PlanError> {
             path,
             cwd,
             env,
+            harness,
         });
+    }
+    for binary in &mut binaries {
+        if let Ok(path) = binary.path.canonicalize() {
+            binary.path = path;
+        }
     }
     binaries.sort_by(|a, b| a.id.cmp(&b.id));
     binaries.dedup_by(|a, b| a.path == b.path);
     Ok(Build { binaries, workspace_root: metadata.workspace_root.into_std_path_buf(), target_dir })
+}
+
+/// Returns the names of the package's targets with `harness = false`.
+/// cargo's metadata leaves the flag out, so it comes from the manifest: a
+/// `[lib]` table is named after the package unless it says otherwise.
+fn no_harness_targets(package: &Package) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(&package.manifest_path) else { return Vec::new() };
+    let Ok(manifest) = text.parse::<toml::Table>() else { return Vec::new() };
+    let mut names = Vec::new();
+    let no_harness = |t: &toml::Value| t.get("harness").and_then(|h| h.as_bool()) == Some(false);
+    if let Some(lib) = manifest.get("lib").filter(|l| no_harness(l)) {
+        let name = lib.get("name").and_then(|n| n.as_str()).map(str::to_string);
+        names.push(name.unwrap_or_else(|| package.name.replace('-', "_")));
+    }
+    for section in ["bin", "test", "bench", "example"] {
+        let Some(targets) = manifest.get(section).and_then(|t| t.as_array()) else { continue };
+        for target in targets.iter().filter(|t| no_harness(t)) {
+            if let Some(name) = target.get("name").and_then(|n| n.as_str()) {
+                names.push(name.to_string());
+            }
+        }
+    }
+    names
 }
 
 fn binary_id(package: &str, target: &str, kind: &str) -> String {
@@ -412,15 +450,28 @@ impl Filter {
     }
 }
 
+/// What a listing command printed: its exit code (`None` when a signal
+/// ended it), stdout and stderr.
+pub struct ListOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs a test binary with the given arguments and returns its output.
+/// The runner passes one that runs the binary in a container, because a
+/// `harness = false` binary runs its own `main` whatever the arguments.
+pub type Lister<'a> = dyn Fn(&TestBinary, &[&str]) -> Result<ListOutput, String> + Sync + 'a;
+
 /// Lists the tests of every binary, `jobs` binaries at a time, and applies
 /// the filter. Tests a filter deselects are left out; ignored tests that
 /// do not run are kept with `run: false`, so they are reported as ignored.
-pub fn list(binaries: Vec<TestBinary>, filter: &Filter, jobs: usize) -> Result<Vec<TestCase>, PlanError> {
+pub fn list(binaries: Vec<TestBinary>, filter: &Filter, jobs: usize, lister: &Lister) -> Result<Vec<TestCase>, PlanError> {
     let binaries: Vec<Arc<TestBinary>> = binaries.into_iter().map(Arc::new).collect();
     let mut listed: Vec<Result<Vec<TestCase>, PlanError>> = Vec::new();
     for chunk in binaries.chunks(jobs.max(1)) {
         let results: Vec<_> = std::thread::scope(|scope| {
-            let handles: Vec<_> = chunk.iter().map(|b| scope.spawn(|| list_binary(b))).collect();
+            let handles: Vec<_> = chunk.iter().map(|b| scope.spawn(|| list_binary(b, lister))).collect();
             handles.into_iter().map(|h| h.join().expect("listing thread panicked")).collect()
         });
         listed.extend(results);
@@ -443,50 +494,89 @@ pub fn list(binaries: Vec<TestBinary>, filter: &Filter, jobs: usize) -> Result<V
     Ok(tests)
 }
 
-fn list_binary(binary: &Arc<TestBinary>) -> Result<Vec<TestCase>, PlanError> {
-    let all = run_list(binary, false)?;
-    let ignored = run_list(binary, true)?;
-    Ok(all
-        .into_iter()
-        .map(|name| TestCase {
-            ignored: ignored.contains(&name),
-            binary: Arc::clone(binary),
-            name,
-            run: true,
-        })
-        .collect())
+fn list_binary(binary: &Arc<TestBinary>, lister: &Lister) -> Result<Vec<TestCase>, PlanError> {
+    let test = |name: String, ignored: bool, whole_binary: bool| TestCase {
+        binary: Arc::clone(binary),
+        name,
+        ignored,
+        run: true,
+        whole_binary,
+    };
+    let all = run_list(binary, false, lister);
+    if !binary.harness {
+        // A custom harness that speaks libtest's listing format (as
+        // libtest-mimic does) gets its tests run one by one; any other
+        // runs as a single test, the way `cargo test` runs it.
+        return match all {
+            Ok(Some(names)) if !names.is_empty() => {
+                let ignored = run_list(binary, true, lister)?.unwrap_or_default();
+                Ok(names.into_iter().map(|n| { let i = ignored.contains(&n); test(n, i, false) }).collect())
+            }
+            _ => Ok(vec![test(binary.target.clone(), false, true)]),
+        };
+    }
+    let Some(all) = all? else {
+        return Err(PlanError::List {
+            binary: binary.id.clone(),
+            path: binary.path.clone(),
+            detail: "its `--list --format terse` output is not in libtest's format".into(),
+        });
+    };
+    let ignored = run_list(binary, true, lister)?.unwrap_or_default();
+    Ok(all.into_iter().map(|name| { let i = ignored.contains(&name); test(name, i, false) }).collect())
 }
 
 /// Runs `BINARY --list --format terse [--ignored]` and parses
-/// `name: test` lines.
-fn run_list(binary: &TestBinary, ignored: bool) -> Result<Vec<String>, PlanError> {
-    let mut command = Command::new(&binary.path);
-    command.args(["--list", "--format", "terse"]);
+/// `name: test` lines. Returns `None` when the output has lines in another
+/// format, as a binary that ignores its arguments prints.
+fn run_list(binary: &TestBinary, ignored: bool, lister: &Lister) -> Result<Option<Vec<String>>, PlanError> {
+    let mut args = vec!["--list", "--format", "terse"];
     if ignored {
-        command.arg("--ignored");
+        args.push("--ignored");
     }
-    command.current_dir(&binary.cwd).envs(&binary.env).stdin(Stdio::null());
-    let output = command.output().map_err(|e| PlanError::List {
-        binary: binary.id.clone(),
-        path: binary.path.clone(),
-        detail: e.to_string(),
-    })?;
-    if !output.status.success() {
-        let mut detail = format!("exited with {}", output.status);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        if !stderr.trim().is_empty() {
+    let error = |detail: String| PlanError::List { binary: binary.id.clone(), path: binary.path.clone(), detail };
+    let output = lister(binary, &args).map_err(error)?;
+    if output.code != Some(0) {
+        let mut detail = match output.code {
+            Some(code) => format!("exited with code {code}"),
+            None => "was killed by a signal".into(),
+        };
+        if !output.stderr.trim().is_empty() {
             detail.push_str(": ");
-            detail.push_str(stderr.trim());
+            detail.push_str(output.stderr.trim());
         }
-        return Err(PlanError::List { binary: binary.id.clone(), path: binary.path.clone(), detail });
+        return Err(error(detail));
     }
-    let mut text = String::new();
-    BufReader::new(&output.stdout[..]).read_to_string(&mut text).ok();
-    Ok(text
-        .lines()
-        .filter_map(|line| line.strip_suffix(": test"))
-        .map(str::to_string)
-        .collect())
+    let mut names = Vec::new();
+    for line in output.stdout.lines().filter(|l| !l.trim().is_empty()) {
+        if let Some(name) = line.strip_suffix(": test") {
+            names.push(name.to_string());
+        } else if line.ends_with(": benchmark") {
+            // Benchmarks are not run by `cargo test` either.
+        } else {
+            return Ok(None);
+        }
+    }
+    Ok(Some(names))
+}
+
+/// Runs a binary on the host and returns its output; for tests of the
+/// listing code and for `--list` without a sandbox.
+pub fn host_lister(binary: &TestBinary, args: &[&str]) -> Result<ListOutput, String> {
+    let output = Command::new(&binary.path)
+        .args(args)
+        .current_dir(&binary.cwd)
+        .envs(&binary.env)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let mut stdout = String::new();
+    BufReader::new(&output.stdout[..]).read_to_string(&mut stdout).ok();
+    Ok(ListOutput {
+        code: output.status.code(),
+        stdout,
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
 }
 
 /// Returns the metadata of the workspace, for callers that need it without

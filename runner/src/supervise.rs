@@ -281,6 +281,9 @@ impl ContainerRun {
 /// --nocapture`, or a binary's selected tests with libtest's own capture.
 fn job_args(tests: &[TestCase]) -> Vec<OsString> {
     if let [test] = tests {
+        if test.whole_binary {
+            return Vec::new();
+        }
         let mut args: Vec<OsString> = vec!["--exact".into(), test.name.clone().into(), "--nocapture".into()];
         if test.ignored {
             args.push("--ignored".into());
@@ -338,6 +341,9 @@ fn binary_results(tests: &[TestCase], run: ContainerRun, options: &RunOptions) -
         }
         if index == 0 {
             result.usage = run.usage;
+            if result.outcome == Outcome::Passed && run.usage.leaked.unwrap_or(0) > 0 {
+                result.outcome = Outcome::Leaked;
+            }
             result.exit = run.ending.exit;
             result.setup_error = run.ending.setup_error.clone();
             if result.outcome.is_failure(options.fail_on_leak) && verdicts.output.is_empty() {
@@ -561,6 +567,99 @@ impl<'a> Running<'a> {
         usage.phases = Some(phases);
         (ContainerRun { ending, usage, stdout, stderr, setup_steps }, teardown)
     }
+}
+
+/// Runs a binary with `args` in a container of its own, without a cgroup,
+/// and returns its output: how the runner lists tests, so that no code of
+/// a test binary runs on the host. Gives up after `timeout`.
+pub fn capture(
+    zygote: &Zygote,
+    binary: &TestBinary,
+    args: &[&str],
+    options: &RunOptions,
+    id: u64,
+    timeout: Duration,
+) -> Result<crate::plan::ListOutput, String> {
+    let spec = Spec {
+        id,
+        program: binary.path.clone(),
+        args: args.iter().map(OsString::from).collect(),
+        env: test_env(binary, options),
+        cwd: binary.cwd.clone(),
+        home: options.home.clone(),
+        hostname: "sandbox".into(),
+        network: false,
+        tmpfs_size: options.tmpfs_size,
+        leak_timeout_ms: 0,
+        gated: false,
+        nproc_limit: options.caps.pids,
+    };
+    let (container, pipes) = ctx_free_spawn(zygote, spec)?;
+    let deadline = Instant::now() + timeout;
+    let mut outputs = [Vec::new(), Vec::new(), Vec::new()];
+    let fds = [&pipes.stdout, &pipes.stderr, &pipes.report];
+    let mut open = [true; 3];
+    let mut buf = vec![0u8; 64 * 1024];
+    while open.iter().any(|o| *o) {
+        let now = Instant::now();
+        if now >= deadline {
+            container.signal(libc::SIGKILL);
+            let _ = container.wait(Duration::from_secs(5));
+            return Err(format!("listing did not finish within {}", humantime::format_duration(timeout)));
+        }
+        let mut polls: Vec<PollFd> = Vec::new();
+        let mut indices = Vec::new();
+        for (index, fd) in fds.iter().enumerate().filter(|(i, _)| open[*i]) {
+            indices.push(index);
+            polls.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+        }
+        let wait = PollTimeout::try_from(deadline - now).unwrap_or(PollTimeout::MAX);
+        if nix::poll::poll(&mut polls, wait).unwrap_or(0) == 0 {
+            continue;
+        }
+        let ready: Vec<usize> = indices
+            .iter()
+            .zip(&polls)
+            .filter(|(_, p)| p.revents().is_some_and(|r| !r.is_empty()))
+            .map(|(i, _)| *i)
+            .collect();
+        for index in ready {
+            loop {
+                match nix::unistd::read(fds[index], &mut buf) {
+                    Ok(0) => {
+                        open[index] = false;
+                        break;
+                    }
+                    Ok(n) => outputs[index].extend_from_slice(&buf[..n]),
+                    Err(nix::errno::Errno::EAGAIN) => break,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => {
+                        open[index] = false;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let _ = container.wait(Duration::from_secs(10));
+    let mut code = None;
+    for line in outputs[2].split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        match serde_json::from_slice::<InitReport>(line) {
+            Ok(InitReport::Exited { exit: TestExit::Code(c), .. }) => code = Some(c),
+            Ok(InitReport::Exited { .. }) => {}
+            Ok(InitReport::Setup { error }) => return Err(error.to_string()),
+            Err(err) => return Err(format!("unreadable report from the container's init: {err}")),
+        }
+    }
+    Ok(crate::plan::ListOutput {
+        code,
+        stdout: String::from_utf8_lossy(&outputs[0]).into_owned(),
+        stderr: String::from_utf8_lossy(&outputs[1]).into_owned(),
+    })
+}
+
+fn ctx_free_spawn(zygote: &Zygote, spec: Spec) -> Result<(Container<'_>, Pipes), String> {
+    zygote.spawn(spec, Vec::new()).map_err(|e| spawn_error(e).to_string())
 }
 
 /// The timeout and cancellation state of one container.

@@ -516,3 +516,43 @@ fn read_only_fallback_without_overlay() {
     assert!(stderr.contains("Read-only file system"), "{stderr}");
     assert!(!fixture_dir().join("misbehave-isolation-marker").exists());
 }
+
+#[test]
+fn cargo_credentials_are_masked() {
+    // A CARGO_HOME the container shows as it is (inside the workspace),
+    // holding a registry token.
+    let home = fixture_dir().join("target/fake-cargo-home");
+    fs::create_dir_all(home.join("bin")).unwrap();
+    fs::write(home.join("credentials.toml"), "[registry]\ntoken = \"secret-token\"\n").unwrap();
+    let output = runner()
+        .arg("--manifest-path")
+        .arg(fixture_dir().join("Cargo.toml"))
+        .args(["--message-format", "json", "--test", "isolation", "cargo_credentials_are_hidden"])
+        .env("CARGO_HOME", &home)
+        .output()
+        .unwrap();
+    let run = Run::from_output(output);
+    let result = run.result("cargo_credentials_are_hidden");
+    assert_eq!(result["outcome"], "passed", "{result}");
+}
+
+#[test]
+fn custom_harness_runs_as_one_test() {
+    let run = run_fixture(&["--test", "plain"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let result = run.result("plain");
+    assert_eq!(result["outcome"], "passed");
+    let stdout = result["stdout"].as_str().unwrap();
+    assert!(stdout.contains("plain: ran with []"), "{stdout}");
+    // Listing ran the binary too, but in a container as well.
+    assert!(!fixture_dir().join("misbehave-plain-marker").exists());
+}
+
+#[test]
+fn no_matching_test_fails_the_run() {
+    let run = run_fixture(&["--test", "verdicts", "no_such_test_name"]);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(run.stderr.contains("no test matched"), "{}", run.stderr);
+    let warn = run_fixture(&["--test", "verdicts", "no_such_test_name", "--no-tests", "warn"]);
+    assert_eq!(warn.code, 0, "{}", warn.stderr);
+}

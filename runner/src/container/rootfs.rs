@@ -33,6 +33,9 @@ pub enum Entry {
     /// host directory, with its owner and mode: the same view and the same
     /// copy-on-write behaviour as an overlay, without a mount.
     EmptyCopy { path: PathBuf },
+    /// A host file the test must not read, such as cargo's registry
+    /// credentials: `/dev/null` is bound over it.
+    Mask { path: PathBuf },
 }
 
 /// Everything a container's init needs to build its root filesystem.
@@ -65,7 +68,7 @@ const SPECIAL: &[&str] = &["proc", "sys", "dev"];
 /// `extra` lists host paths that must stay visible even when a hidden
 /// directory contains them (the workspace, the target directory, the
 /// toolchain), each with whether it is copy-on-write or read-only.
-pub fn plan(staging: PathBuf, extra: &[(PathBuf, bool)]) -> io::Result<RootfsPlan> {
+pub fn plan(staging: PathBuf, extra: &[(PathBuf, bool)], masks: &[PathBuf]) -> io::Result<RootfsPlan> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
     let mount_points: Vec<PathBuf> = mountinfo
         .lines()
@@ -97,6 +100,7 @@ pub fn plan(staging: PathBuf, extra: &[(PathBuf, bool)]) -> io::Result<RootfsPla
     }
 
     for (path, writable) in extra {
+        let path = &path.canonicalize().unwrap_or_else(|_| path.clone());
         let visible = entries.iter().any(|e| match e {
             Entry::Overlay { path: p } | Entry::BindReadOnly { path: p } => path.starts_with(p),
             _ => false,
@@ -109,6 +113,12 @@ pub fn plan(staging: PathBuf, extra: &[(PathBuf, bool)]) -> io::Result<RootfsPla
             entries.push(Entry::Overlay { path: path.clone() });
         } else {
             entries.push(Entry::BindReadOnly { path: path.clone() });
+        }
+    }
+
+    for path in masks {
+        if path.is_file() {
+            entries.push(Entry::Mask { path: path.clone() });
         }
     }
 
@@ -221,6 +231,16 @@ fn build_entry(plan: &RootfsPlan, root: &Path, index: usize, entry: &Entry) -> R
             let at = under(root, path);
             make_dirs(&at)?;
             match_owner(path, &at);
+        }
+        Entry::Mask { path } => {
+            let at = under(root, path);
+            if at.exists() {
+                step(
+                    "hide a credentials file",
+                    &at,
+                    mount(Some("/dev/null"), &at, none, MsFlags::MS_BIND, none),
+                )?;
+            }
         }
         Entry::Overlay { path } if !plan.overlay_refused => {
             let at = under(root, path);
@@ -427,13 +447,14 @@ mod tests {
 
     #[test]
     fn plan_hides_credentials_and_overlays_system_dirs() {
-        let plan = plan(PathBuf::from("/nonexistent-staging"), &[]).unwrap();
+        let plan = plan(PathBuf::from("/nonexistent-staging"), &[], &[]).unwrap();
         let find = |name: &str| {
             plan.entries.iter().find(|e| match e {
                 Entry::Symlink { path, .. }
                 | Entry::Overlay { path }
                 | Entry::BindReadOnly { path }
                 | Entry::EmptyCopy { path }
+                | Entry::Mask { path }
                 | Entry::EmptyDir { path, .. } => path == Path::new(name),
             })
         };
@@ -448,7 +469,7 @@ mod tests {
     #[test]
     fn workspace_under_hidden_dir_is_overlaid() {
         let dir = tempfile::tempdir_in("/tmp").unwrap();
-        let plan = plan(PathBuf::from("/x"), &[(dir.path().to_path_buf(), true)]).unwrap();
+        let plan = plan(PathBuf::from("/x"), &[(dir.path().to_path_buf(), true)], &[]).unwrap();
         assert!(plan.entries.contains(&Entry::Overlay { path: dir.path().to_path_buf() }));
     }
 

@@ -210,7 +210,7 @@ fn probe_plan(staging: &Staging, toolchain: &Toolchain) -> io::Result<RootfsPlan
         .flatten()
         .map(|dir| (dir.clone(), false))
         .collect();
-    let mut plan = container::rootfs::plan(staging.dir.join("mnt"), &extra)?;
+    let mut plan = container::rootfs::plan(staging.dir.join("mnt"), &extra, &[])?;
     let hosts = staging.dir.join("hosts");
     fs::write(
         &hosts,

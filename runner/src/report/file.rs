@@ -84,6 +84,8 @@ pub fn write(
 /// The usage figures of one test in an earlier report.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Recorded {
+    /// Whether the test passed (or only broke a budget) in that run.
+    pub passed: bool,
     pub memory_peak: Option<f64>,
     pub cpu_time: Option<f64>,
     pub wall_time: Option<f64>,
@@ -123,7 +125,9 @@ impl Baseline {
                 (Some(u), Some(s)) => Some(u + s),
                 _ => None,
             };
+            let passed = matches!(test["outcome"].as_str(), Some("passed" | "leaked" | "over-budget"));
             let recorded = Recorded {
+                passed,
                 memory_peak: usage["memory_peak"].as_f64(),
                 cpu_time: cpu,
                 wall_time: usage["wall_time"].as_f64(),
@@ -146,8 +150,8 @@ impl Baseline {
 
     /// Compares a result with its baseline figures. A figure counts as
     /// grown when it rose by more than `threshold` (0.2 is 20%) and by more
-    /// than a floor that keeps tiny tests' noise out: 1 MiB of memory,
-    /// 10 ms of time.
+    /// than a floor that keeps the noise of a busy machine out: 4 MiB of
+    /// memory, 100 ms of time. Growth below the floors says nothing.
     pub fn compare(&self, result: &TestResult, threshold: f64) -> Vec<Growth> {
         let Some(before) = self.get(&result.binary_id, &result.name) else { return Vec::new() };
         let usage = &result.usage;
@@ -156,9 +160,9 @@ impl Baseline {
             _ => None,
         };
         let rows = [
-            ("peak memory", before.memory_peak, usage.memory_peak.map(|m| m as f64), 1024.0 * 1024.0),
-            ("CPU time", before.cpu_time, cpu, 0.010),
-            ("wall time", before.wall_time, usage.wall_time.map(|d| d.as_secs_f64()), 0.010),
+            ("peak memory", before.memory_peak, usage.memory_peak.map(|m| m as f64), MEMORY_FLOOR),
+            ("CPU time", before.cpu_time, cpu, TIME_FLOOR),
+            ("wall time", before.wall_time, usage.wall_time.map(|d| d.as_secs_f64()), TIME_FLOOR),
         ];
         let mut grown = Vec::new();
         for (figure, before, after, floor) in rows {
@@ -170,6 +174,12 @@ impl Baseline {
         grown
     }
 }
+
+/// Growth in memory below this many bytes is noise, for baselines and
+/// suggested budgets alike.
+const MEMORY_FLOOR: f64 = 4.0 * 1024.0 * 1024.0;
+/// Growth in CPU or wall time below this many seconds is noise.
+const TIME_FLOOR: f64 = 0.100;
 
 /// A figure that grew past the baseline's threshold.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -196,11 +206,16 @@ impl Growth {
 
 /// Parses a share such as `25%` or `0.25`.
 pub fn parse_share(text: &str) -> Result<f64, String> {
-    let value = match text.trim().strip_suffix('%') {
-        Some(percent) => percent.trim().parse::<f64>().map(|p| p / 100.0),
-        None => text.trim().parse::<f64>(),
+    let (value, percent) = match text.trim().strip_suffix('%') {
+        Some(p) => (p.trim().parse::<f64>().map(|p| p / 100.0), true),
+        None => (text.trim().parse::<f64>(), false),
     };
     match value {
+        // A bare number above 1 is nearly always a percentage without its
+        // sign ("20" for "20%"), which would mean 2000%.
+        Ok(v) if !percent && v > 1.0 => Err(format!(
+            "ambiguous share {text:?}: write \"{text}%\" for a percentage, or a fraction such as 0.25"
+        )),
         Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
         _ => Err(format!("invalid share {text:?}: expected a percentage such as \"25%\" or a fraction such as 0.25")),
     }
@@ -220,8 +235,17 @@ fn time_budget(secs: f64) -> String {
     humantime::format_duration(Duration::from_millis(ms as u64)).to_string()
 }
 
+/// Adds headroom to a recorded figure: the larger of `headroom` as a share
+/// and the noise floor, so a 2 ms test does not get a budget that a busy
+/// machine breaks.
+fn with_headroom(value: f64, headroom: f64, floor: f64) -> f64 {
+    (value * (1.0 + headroom)).max(value + floor)
+}
+
 /// Writes `sandbox-test.toml` overrides that set each test's budgets to
-/// its recorded usage plus `headroom` (0.25 is 25%).
+/// its recorded usage plus `headroom` (0.25 is 25%), and at least the
+/// noise floors above it (4 MiB, 100 ms, 2 tasks). Tests that failed in
+/// the report get no budgets.
 pub fn suggest(baseline: &Baseline, headroom: f64, profile: &str) -> String {
     let mut tests: Vec<_> = baseline.iter().collect();
     tests.sort_by(|a, b| a.0.cmp(b.0));
@@ -230,20 +254,22 @@ pub fn suggest(baseline: &Baseline, headroom: f64, profile: &str) -> String {
          # Paste into sandbox-test.toml. Figures the host could not measure are left out.\n",
         headroom * 100.0
     );
-    let factor = 1.0 + headroom;
     for ((binary, name), recorded) in tests {
+        if !recorded.passed {
+            continue;
+        }
         let mut budgets = Vec::new();
         if let Some(m) = recorded.memory_peak {
-            budgets.push(format!("memory = \"{}\"", size_budget(m * factor)));
+            budgets.push(format!("memory = \"{}\"", size_budget(with_headroom(m, headroom, MEMORY_FLOOR))));
         }
         if let Some(c) = recorded.cpu_time {
-            budgets.push(format!("cpu-time = \"{}\"", time_budget(c * factor)));
+            budgets.push(format!("cpu-time = \"{}\"", time_budget(with_headroom(c, headroom, TIME_FLOOR))));
         }
         if let Some(w) = recorded.wall_time {
-            budgets.push(format!("wall-time = \"{}\"", time_budget(w * factor)));
+            budgets.push(format!("wall-time = \"{}\"", time_budget(with_headroom(w, headroom, TIME_FLOOR))));
         }
         if let Some(t) = recorded.tasks_peak {
-            budgets.push(format!("tasks = {}", (t * factor).ceil() as u64));
+            budgets.push(format!("tasks = {}", with_headroom(t, headroom, 2.0).ceil() as u64));
         }
         if budgets.is_empty() {
             continue;
@@ -273,8 +299,8 @@ mod tests {
     const REPORT: &str = r#"{
       "schema": "cargo-sandbox-test/report/v1",
       "tests": [
-        {"binary_id": "demo::api", "name": "small", "usage": {"memory_peak": 10485760, "cpu_user": 0.2, "cpu_system": 0.1, "wall_time": 0.5, "tasks_peak": 3}},
-        {"binary_id": "demo", "name": "lib::unmeasured", "usage": {"memory_peak": null, "cpu_user": null, "cpu_system": null, "wall_time": 0.004, "tasks_peak": null}}
+        {"binary_id": "demo::api", "name": "small", "outcome": "passed", "usage": {"memory_peak": 10485760, "cpu_user": 0.2, "cpu_system": 0.1, "wall_time": 0.5, "tasks_peak": 3}},
+        {"binary_id": "demo", "name": "lib::unmeasured", "outcome": "passed", "usage": {"memory_peak": null, "cpu_user": null, "cpu_system": null, "wall_time": 0.004, "tasks_peak": null}}
       ]
     }"#;
 
@@ -300,12 +326,13 @@ mod tests {
         let baseline = Baseline::parse(REPORT).unwrap();
         let text = suggest(&baseline, 0.25, "default");
         assert!(text.contains("[[profile.default.overrides]]\npackage = \"demo\"\nbinary = \"api\"\ntest = \"small\"\n"), "{text}");
-        assert!(text.contains("memory = \"13MiB\""), "{text}");
-        assert!(text.contains("cpu-time = \"380ms\""), "{text}");
+        // 10 MiB + 25% is 12.5 MiB, under the 4 MiB floor: 14 MiB.
+        assert!(text.contains("memory = \"14MiB\""), "{text}");
+        assert!(text.contains("cpu-time = \"400ms\""), "{text}");
         assert!(text.contains("wall-time = \"630ms\""), "{text}");
-        assert!(text.contains("tasks = 4"), "{text}");
-        // Only wall time was measured for the second test.
-        assert!(text.contains("test = \"lib::unmeasured\"\nbudgets = { wall-time = \"10ms\" }"), "{text}");
+        assert!(text.contains("tasks = 5"), "{text}");
+        // Only wall time was measured for the second test: 4 ms + 100 ms.
+        assert!(text.contains("test = \"lib::unmeasured\"\nbudgets = { wall-time = \"110ms\" }"), "{text}");
     }
 
     #[test]
@@ -316,10 +343,18 @@ mod tests {
     }
 
     #[test]
+    fn failed_tests_get_no_budgets() {
+        let report = REPORT.replace("\"outcome\": \"passed\", \"usage\": {\"memory_peak\": 10485760", "\"outcome\": \"failed\", \"usage\": {\"memory_peak\": 10485760");
+        let text = suggest(&Baseline::parse(&report).unwrap(), 0.25, "default");
+        assert!(!text.contains("test = \"small\""), "{text}");
+    }
+
+    #[test]
     fn share_parsing() {
         assert_eq!(parse_share("25%").unwrap(), 0.25);
         assert_eq!(parse_share("0.5").unwrap(), 0.5);
         assert!(parse_share("-3%").is_err());
+        assert!(parse_share("20").unwrap_err().contains("\"20%\""));
         assert!(parse_share("lots").unwrap_err().contains("\"lots\""));
     }
 }

@@ -68,7 +68,8 @@ fn test_case(result: &TestResult) -> TestCase {
             };
             let mut status = TestCaseStatus::non_success(kind);
             status.set_message(reason(result).unwrap_or_default());
-            status.set_type(outcome.label(result.fail_on_leak));
+            let kind = serde_json::to_value(outcome).ok().and_then(|v| v.as_str().map(str::to_string));
+            status.set_type(kind.unwrap_or_default());
             status.set_description(tail(&result.stderr.text(), 16 * 1024).to_string());
             status
         }

@@ -63,6 +63,15 @@ impl Summary {
     }
 }
 
+/// Formats a count with its noun: `1 test`, `2 tests`, `3 binaries`.
+pub fn plural(count: usize, noun: &str) -> String {
+    match (count, noun) {
+        (1, _) => format!("1 {noun}"),
+        (_, "binary") => format!("{count} binaries"),
+        _ => format!("{count} {noun}s"),
+    }
+}
+
 /// Formats a byte count as MiB with one decimal.
 pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
@@ -168,7 +177,15 @@ impl Reporter {
     }
 
     /// Reports the start of the run; `header` describes the sandbox.
-    pub fn run_started(&mut self, tests: &[TestCase], binaries: usize, jobs: usize, cgroups: &str, header: &str) {
+    pub fn run_started(
+        &mut self,
+        tests: &[TestCase],
+        binaries: usize,
+        jobs: usize,
+        per_binary: bool,
+        cgroups: &str,
+        header: &str,
+    ) {
         self.started = Instant::now();
         let running = tests.iter().filter(|t| t.run).count();
         let skipped = tests.len() - running;
@@ -183,8 +200,12 @@ impl Reporter {
                 "cgroups": cgroups,
             })),
             MessageFormat::Human => {
+                let each = if per_binary { "one container per binary" } else { "one container per test" };
                 eprintln!(
-                    "    Starting {running} tests across {binaries} binaries ({skipped} skipped), {jobs} jobs, one container each"
+                    "    Starting {} across {} ({skipped} skipped), {}, {each}",
+                    plural(running, "test"),
+                    plural(binaries, "binary"),
+                    plural(jobs, "job"),
                 );
                 if !header.is_empty() {
                     eprintln!("     Sandbox {header}");
@@ -296,9 +317,9 @@ impl Reporter {
             }
         }
         eprintln!(
-            "\n     Summary [{:>8.3}s] {} tests run, {} cancelled, {} with leaked processes",
+            "\n     Summary [{:>8.3}s] {} run, {} cancelled, {} with leaked processes",
             elapsed.as_secs_f64(),
-            summary.passed + summary.failed,
+            plural(summary.passed + summary.failed, "test"),
             summary.cancelled,
             summary.leaked,
         );
