@@ -54,7 +54,9 @@ def generate_trivial_crate(parent: Path, tests: int) -> Crate:
         lines.append(f"fn t{number:04}() {{}}")
     (directory / "src" / "lib.rs").write_text("\n".join(lines) + "\n")
 
-    return Crate(name=name, directory=directory, target_dir=directory / "target", tests=tests)
+    return Crate(
+        name=name, directory=directory, target_dir=directory / "target", tests=tests
+    )
 
 
 def realistic_crate(repository: Path, parent: Path) -> Crate:
@@ -62,7 +64,12 @@ def realistic_crate(repository: Path, parent: Path) -> Crate:
     the benchmark leaves nothing in the work tree."""
     directory = repository / "fixtures" / "bench-realistic"
     tests = count_realistic_tests(directory)
-    return Crate(name="bench-realistic", directory=directory, target_dir=parent / "bench-realistic-target", tests=tests)
+    return Crate(
+        name="bench-realistic",
+        directory=directory,
+        target_dir=parent / "bench-realistic-target",
+        tests=tests,
+    )
 
 
 def count_realistic_tests(directory: Path) -> int:
@@ -72,7 +79,9 @@ def count_realistic_tests(directory: Path) -> int:
     added to the fixture changes the expected number with it.
     """
     count = 0
-    for source in sorted(directory.glob("src/**/*.rs")) + sorted(directory.glob("tests/**/*.rs")):
+    for source in sorted(directory.glob("src/**/*.rs")) + sorted(
+        directory.glob("tests/**/*.rs")
+    ):
         for line in source.read_text().splitlines():
             if line.strip() == "#[test]":
                 count += 1
@@ -84,7 +93,11 @@ def build_crate(crate: Crate, log_path: Path) -> None:
     build. Raises BuildError with the log's tail if cargo fails."""
     command = ["cargo", "test", "--no-run", "--target-dir", str(crate.target_dir)]
     with open(log_path, "wb") as log:
-        result = subprocess.run(command, cwd=crate.directory, stdout=log, stderr=subprocess.STDOUT)
+        result = subprocess.run(
+            command, cwd=crate.directory, stdout=log, stderr=subprocess.STDOUT
+        )
     if result.returncode != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
-        raise BuildError(f"`{' '.join(command)}` failed in {crate.directory} with exit code {result.returncode}:\n{tail}")
+        raise BuildError(
+            f"`{' '.join(command)}` failed in {crate.directory} with exit code {result.returncode}:\n{tail}"
+        )
