@@ -348,14 +348,21 @@ pub fn run(cli: Cli, zygote: ZygoteHandle) -> i32 {
     };
     let jobs = cli.jobs();
 
-    let config = match load_config(&cli) {
+    let metadata = match plan::workspace_metadata(&cli.build) {
+        Ok(m) => m,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return exit_code::BUILD_FAILED;
+        }
+    };
+    let config = match load_config(&cli, &metadata) {
         Ok(c) => c,
         Err(message) => {
             eprintln!("error: {message}");
             return exit_code::USAGE;
         }
     };
-    let build = match plan::build(&cli.build) {
+    let build = match plan::build(&cli.build, metadata) {
         Ok(b) => b,
         Err(err) => {
             eprintln!("error: {err}");
@@ -455,8 +462,7 @@ fn suggest_budgets(args: &SuggestArgs) -> i32 {
 
 /// Loads `sandbox-test.toml` (or the Cargo.toml metadata table) of the
 /// workspace and checks that the selected profile exists.
-fn load_config(cli: &Cli) -> Result<Config, String> {
-    let metadata = plan::metadata(cli.build.manifest_path.as_deref()).map_err(|e| e.to_string())?;
+fn load_config(cli: &Cli, metadata: &cargo_metadata::Metadata) -> Result<Config, String> {
     let config = Config::load(metadata.workspace_root.as_std_path()).map_err(|e| e.to_string())?;
     if !config.profile_names().contains(&cli.config_profile) {
         let origin = config.origin();

@@ -176,25 +176,21 @@ fn cargo_program() -> OsString {
     std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
 
-/// Builds the test binaries and reads them from cargo's messages.
-pub fn build(args: &BuildArgs) -> Result<Build, PlanError> {
+/// Reads the workspace's metadata with the manifest options of `args`.
+pub fn workspace_metadata(args: &BuildArgs) -> Result<Metadata, PlanError> {
     let mut metadata_command = MetadataCommand::new();
     metadata_command.cargo_path(cargo_program()).no_deps();
     if let Some(m) = &args.manifest_path {
         metadata_command.manifest_path(m);
     }
-    let mut other = Vec::new();
-    if args.locked {
-        other.push("--locked".to_string());
-    }
-    if args.offline {
-        other.push("--offline".to_string());
-    }
-    if args.frozen {
-        other.push("--frozen".to_string());
-    }
+    let flags = [(args.locked, "--locked"), (args.offline, "--offline"), (args.frozen, "--frozen")];
+    let other: Vec<String> = flags.iter().filter(|(on, _)| *on).map(|(_, f)| f.to_string()).collect();
     metadata_command.other_options(other);
-    let metadata = metadata_command.exec()?;
+    Ok(metadata_command.exec()?)
+}
+
+/// Builds the test binaries and reads them from cargo's messages.
+pub fn build(args: &BuildArgs, metadata: Metadata) -> Result<Build, PlanError> {
     let target_dir = match &args.target_dir {
         Some(d) => std::path::absolute(d).unwrap_or_else(|_| d.clone()),
         None => metadata.target_directory.clone().into_std_path_buf(),
@@ -502,14 +498,18 @@ fn list_binary(binary: &Arc<TestBinary>, lister: &Lister) -> Result<Vec<TestCase
         run: true,
         whole_binary,
     };
-    let all = run_list(binary, false, lister);
+    // Both listings at once: each runs in a container of its own.
+    let (all, ignored) = std::thread::scope(|scope| {
+        let ignored = scope.spawn(|| run_list(binary, true, lister));
+        (run_list(binary, false, lister), ignored.join().expect("listing thread panicked"))
+    });
     if !binary.harness {
         // A custom harness that speaks libtest's listing format (as
         // libtest-mimic does) gets its tests run one by one; any other
         // runs as a single test, the way `cargo test` runs it.
         return match all {
             Ok(Some(names)) if !names.is_empty() => {
-                let ignored = run_list(binary, true, lister)?.unwrap_or_default();
+                let ignored = ignored?.unwrap_or_default();
                 Ok(names.into_iter().map(|n| { let i = ignored.contains(&n); test(n, i, false) }).collect())
             }
             _ => Ok(vec![test(binary.target.clone(), false, true)]),
@@ -522,7 +522,7 @@ fn list_binary(binary: &Arc<TestBinary>, lister: &Lister) -> Result<Vec<TestCase
             detail: "its `--list --format terse` output is not in libtest's format".into(),
         });
     };
-    let ignored = run_list(binary, true, lister)?.unwrap_or_default();
+    let ignored = ignored?.unwrap_or_default();
     Ok(all.into_iter().map(|name| { let i = ignored.contains(&name); test(name, i, false) }).collect())
 }
 
@@ -577,17 +577,6 @@ pub fn host_lister(binary: &TestBinary, args: &[&str]) -> Result<ListOutput, Str
         stdout,
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     })
-}
-
-/// Returns the metadata of the workspace, for callers that need it without
-/// a build.
-pub fn metadata(manifest_path: Option<&Path>) -> Result<Metadata, PlanError> {
-    let mut command = MetadataCommand::new();
-    command.cargo_path(cargo_program()).no_deps();
-    if let Some(m) = manifest_path {
-        command.manifest_path(m);
-    }
-    Ok(command.exec()?)
 }
 
 #[cfg(test)]

@@ -81,6 +81,11 @@ pub fn run(
     results.into_inner().unwrap_or_else(|e| e.into_inner())
 }
 
+/// How many containers each worker keeps built ahead of its running test.
+/// Two keep both CPUs of a small machine busy while the kernel finishes a
+/// container's setup (the old root's detach waits for an RCU grace period).
+const PREPARE_AHEAD: usize = 2;
+
 /// The jobs still to run, shared by the workers.
 struct Queue<'a> {
     jobs: &'a [Job],
@@ -112,9 +117,9 @@ fn work<'z>(
     finish: &(dyn Fn(TestResult) + Sync),
     reaper: &mpsc::Sender<Teardown<'z>>,
 ) {
-    let mut ahead = None;
+    let mut ahead = std::collections::VecDeque::new();
     loop {
-        let Some((job, pending)) = ahead.take().or_else(|| queue.take_and_prepare(ctx)) else { break };
+        let Some((job, pending)) = ahead.pop_front().or_else(|| queue.take_and_prepare(ctx)) else { break };
         let prepared = match pending.and_then(Pending::ready) {
             Ok(p) if ctx.cancel.is_set() => {
                 let _ = reaper.send(p.discard());
@@ -145,7 +150,10 @@ fn work<'z>(
             reporter.lock().unwrap_or_else(|e| e.into_inner()).test_started(test);
         }
         let running = prepared.start();
-        ahead = queue.take_and_prepare(ctx);
+        while ahead.len() < PREPARE_AHEAD {
+            let Some(next) = queue.take_and_prepare(ctx) else { break };
+            ahead.push_back(next);
+        }
         let (run, teardown) = running.finish(ctx, &job.options);
         if let Some(t) = teardown {
             let _ = reaper.send(t);

@@ -71,6 +71,9 @@ struct Hierarchy {
 #[derive(Debug)]
 pub struct RunCgroups {
     hierarchies: Vec<Hierarchy>,
+    /// Caps already written and read back once in this run: the kernel
+    /// treats every test cgroup alike, so later tests skip the read-back.
+    verified: std::sync::Mutex<Vec<Caps>>,
     layout: Layout,
     /// Controllers the run cannot use, each with the reason.
     pub missing: Vec<(Controller, String)>,
@@ -80,7 +83,12 @@ impl RunCgroups {
     /// Creates the run's cgroup directories. `our_pids` are moved into a
     /// leaf cgroup first when a v2 cgroup must be emptied of processes.
     pub fn setup(layout: Layout, our_pids: &[u32]) -> Result<RunCgroups, CgroupError> {
-        let mut run = RunCgroups { hierarchies: Vec::new(), layout, missing: Vec::new() };
+        let mut run = RunCgroups {
+            hierarchies: Vec::new(),
+            verified: std::sync::Mutex::new(Vec::new()),
+            layout,
+            missing: Vec::new(),
+        };
         let pid = std::process::id();
         let mut own_dirs: Vec<(Version, PathBuf, Vec<Controller>)> = Vec::new();
         for controller in Controller::ALL {
@@ -177,9 +185,13 @@ impl RunCgroups {
                 controllers: hierarchy.controllers.clone(),
             });
         }
-        if let Err(err) = cgroup.apply(caps) {
+        let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner()).contains(caps);
+        if let Err(err) = cgroup.apply(caps, !verified) {
             cgroup.remove();
             return Err(err);
+        }
+        if !verified {
+            self.verified.lock().unwrap_or_else(|e| e.into_inner()).push(*caps);
         }
         Ok(cgroup)
     }
@@ -402,7 +414,14 @@ impl TestCgroup {
         self.dirs.iter().map(|d| d.dir.join("cgroup.procs")).collect()
     }
 
-    fn apply(&self, caps: &Caps) -> Result<(), CgroupError> {
+    fn apply(&self, caps: &Caps, verify: bool) -> Result<(), CgroupError> {
+        let write_checked = |path: &Path, value: &str, expected: &str| {
+            if verify {
+                write_checked(path, value, expected)
+            } else {
+                write_file(path, value)
+            }
+        };
         if let (Some(bytes), Some(d)) = (caps.memory, self.dir_of(Controller::Memory)) {
             let pages = bytes / 4096 * 4096;
             match d.version {

@@ -197,10 +197,7 @@ pub fn cstring(text: impl Into<Vec<u8>>) -> io::Result<CString> {
 /// 0 inside its user namespace executes with no capabilities at all, and
 /// sets `no_new_privs`.
 pub fn drop_privileges() -> io::Result<()> {
-    let last_cap: libc::c_ulong = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40);
+    let last_cap = last_capability();
     for cap in 0..=last_cap {
         // SAFETY: prctl with integer arguments only.
         let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
@@ -227,6 +224,18 @@ pub fn set_nproc_limit(limit: u64) -> io::Result<()> {
     let value = libc::rlimit { rlim_cur: limit as libc::rlim_t, rlim_max: limit as libc::rlim_t };
     // SAFETY: `value` is a valid rlimit for the call.
     check(unsafe { libc::setrlimit(libc::RLIMIT_NPROC, &value) }).map(drop)
+}
+
+/// Returns the highest capability number the kernel knows. The zygote
+/// reads it once, and each container's init inherits the value.
+pub fn last_capability() -> libc::c_ulong {
+    static LAST_CAP: std::sync::OnceLock<libc::c_ulong> = std::sync::OnceLock::new();
+    *LAST_CAP.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(40)
+    })
 }
 
 /// Brings the loopback interface of the current network namespace up. The

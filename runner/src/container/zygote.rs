@@ -36,6 +36,7 @@ pub fn main(socket: RawFd) -> ! {
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let mut zygote = Zygote { socket, plan: None, running: HashMap::new(), uid, gid };
     sys::block_signals(&[libc::SIGCHLD]);
+    sys::last_capability();
     let sigchld = nix::sys::signalfd::SignalFd::with_flags(
         &signal_set(&[libc::SIGCHLD]),
         nix::sys::signalfd::SfdFlags::SFD_CLOEXEC | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
