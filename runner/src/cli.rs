@@ -371,9 +371,9 @@ pub fn run(cli: Cli, zygote: ZygoteHandle) -> i32 {
     };
     let binary_count = build.binaries.len();
 
-    let toolchain = Toolchain::detect();
+    let toolchain = Toolchain::current();
     let staging = std::env::temp_dir().join(format!("cargo-sandbox-test.{}", std::process::id()));
-    let sandbox = match Sandbox::prepare(&cli, &build.workspace_root, &build.target_dir, &toolchain, staging, zygote)
+    let sandbox = match Sandbox::prepare(&cli, &build.workspace_root, &build.target_dir, toolchain, staging, zygote)
     {
         Ok(s) => s,
         Err(message) => {

@@ -172,8 +172,17 @@ pub struct Build {
     pub target_dir: PathBuf,
 }
 
+/// Returns the cargo to run: `CARGO` when cargo started the runner, else
+/// the toolchain's own cargo, which skips rustup's proxy (about 10 ms per
+/// call), else `cargo` from PATH.
 fn cargo_program() -> OsString {
-    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        return cargo;
+    }
+    match &Toolchain::current().sysroot {
+        Some(sysroot) if sysroot.join("bin/cargo").is_file() => sysroot.join("bin/cargo").into(),
+        _ => "cargo".into(),
+    }
 }
 
 /// Reads the workspace's metadata with the manifest options of `args`.
@@ -232,7 +241,7 @@ pub fn build(args: &BuildArgs, metadata: Metadata) -> Result<Build, PlanError> {
         return Err(PlanError::Build { status });
     }
 
-    let toolchain = Toolchain::detect();
+    let toolchain = Toolchain::current();
     let mut binaries = Vec::new();
     for artifact in tests {
         let Some(package) = metadata.packages.iter().find(|p| p.id == artifact.package_id) else {
@@ -242,7 +251,7 @@ pub fn build(args: &BuildArgs, metadata: Metadata) -> Result<Build, PlanError> {
         let id = binary_id(&package.name, &artifact.target.name, &kind);
         let path = artifact.executable.clone().expect("filtered above").into_std_path_buf();
         let bins = bins_by_package.get(&artifact.package_id.repr).cloned().unwrap_or_default();
-        let env = runtime_env(package, &artifact.target.name, &path, &bins, &target_dir, &toolchain);
+        let env = runtime_env(package, &artifact.target.name, &path, &bins, &target_dir, toolchain);
         let cwd = package.manifest_path.parent().expect("manifest has a directory").as_std_path().to_path_buf();
         let harness = !no_harness_targets(package).contains(&artifact.target.name);
         binaries.push(TestBinary {
@@ -308,7 +317,15 @@ pub struct Toolchain {
 }
 
 impl Toolchain {
-    /// Resolves the toolchain from the environment and `rustc --print sysroot`.
+    /// Returns the toolchain of this run, detected once.
+    pub fn current() -> &'static Toolchain {
+        static CURRENT: std::sync::OnceLock<Toolchain> = std::sync::OnceLock::new();
+        CURRENT.get_or_init(Toolchain::detect)
+    }
+
+    /// Resolves the toolchain from the environment and the sysroot: the
+    /// directory above `CARGO` when cargo started the runner from a
+    /// toolchain, else what `rustc --print sysroot` prints.
     pub fn detect() -> Toolchain {
         let home = std::env::var_os("HOME").map(PathBuf::from);
         let from_env_or_home = |var: &str, dir: &str| {
@@ -318,14 +335,20 @@ impl Toolchain {
         };
         let rustup_home = from_env_or_home("RUSTUP_HOME", ".rustup");
         let cargo_home = from_env_or_home("CARGO_HOME", ".cargo");
-        let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-        let sysroot = Command::new(rustc)
-            .args(["--print", "sysroot"])
-            .stderr(Stdio::null())
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+        let from_cargo = std::env::var_os("CARGO")
+            .map(PathBuf::from)
+            .and_then(|cargo| Some(cargo.parent()?.parent()?.to_path_buf()))
+            .filter(|root| root.join("lib/rustlib").is_dir());
+        let sysroot = from_cargo.or_else(|| {
+            let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+            Command::new(rustc)
+                .args(["--print", "sysroot"])
+                .stderr(Stdio::null())
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        });
         let name = std::env::var("RUSTUP_TOOLCHAIN").ok().or_else(|| {
             let sysroot = sysroot.as_ref()?;
             let toolchains = rustup_home.as_ref()?.join("toolchains");

@@ -88,6 +88,9 @@ pub fn run(plan: &RootfsPlan, spec: &Spec, fds: InitFds) -> ! {
     let status = supervise(test_pid, &handled);
     let test_ended = started.elapsed();
     let leaked = wait_for_leftovers(Duration::from_millis(spec.leak_timeout_ms), &handled);
+    if leaked > 0 {
+        kill_leftovers();
+    }
 
     let exit_info = if libc::WIFSIGNALED(status) {
         TestExit::Signal(libc::WTERMSIG(status))
@@ -104,7 +107,28 @@ pub fn run(plan: &RootfsPlan, spec: &Spec, fds: InitFds) -> ! {
             steps: clock.steps.iter().map(|(n, us)| (n.to_string(), *us)).collect(),
         },
     });
+    // Every other process of the container is gone, so closing the report
+    // pipe now tells the runner the container's usage is final. Left to
+    // _exit, the close would wait behind the kernel's teardown of this
+    // mount namespace (its overlays wait for RCU grace periods), which
+    // runs before an exiting task's deferred file closes.
+    sys::close(fds.report);
     exit(0)
+}
+
+/// Kills every other process of the PID namespace and reaps them all.
+/// PID 1 may signal them all: `kill(-1)` reaches every process of the
+/// namespace but the caller. Orphans are reparented to init as their
+/// parents die, so the loop goes on until no process but init is left.
+fn kill_leftovers() {
+    for _ in 0..1000 {
+        let _ = sys::kill(-1, libc::SIGKILL);
+        while sys::reap_any().is_some() {}
+        if count_others() == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 fn exit(code: i32) -> ! {
