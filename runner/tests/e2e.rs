@@ -289,6 +289,10 @@ fn isolation_checks_pass_inside() {
         "home_and_tmp_are_writable",
         "cargo_environment_is_set",
         "no_capabilities",
+        "no_nested_user_namespace",
+        "hosts_file_is_read_only",
+        "host_kernel_files_are_read_only",
+        "only_standard_fds_are_open",
     ] {
         assert_eq!(run.outcome(name), "passed", "{name}: {}", run.result(name));
     }
@@ -555,4 +559,12 @@ fn no_matching_test_fails_the_run() {
     assert!(run.stderr.contains("no test matched"), "{}", run.stderr);
     let warn = run_fixture(&["--test", "verdicts", "no_such_test_name", "--no-tests", "warn"]);
     assert_eq!(warn.code, 0, "{}", warn.stderr);
+}
+
+#[test]
+fn group_kill_stays_in_its_container() {
+    let run = run_fixture(&["--test", "pgrp", "--ignored", "-j", "2"]);
+    assert_eq!(run.outcome("kills_own_process_group"), "signaled", "{}", run.stderr);
+    assert_eq!(run.outcome("neighbour_sleeps"), "passed", "{}", run.stderr);
+    assert_eq!(run.code, 100, "{}", run.stderr);
 }

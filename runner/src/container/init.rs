@@ -31,6 +31,11 @@ pub fn run(plan: &RootfsPlan, spec: &Spec, fds: InitFds) -> ! {
     // If the zygote dies, so does the container: PID 1's death kills every
     // other process in its PID namespace.
     let _ = sys::set_parent_death_signal(libc::SIGKILL);
+    // A session of its own: without it the container would share the
+    // zygote's process group, and a test's kill(0) or setpriority on its
+    // group would reach the zygote and every other container.
+    // SAFETY: setsid has no preconditions.
+    unsafe { libc::setsid() };
     let mut keep = vec![fds.stdout, fds.stderr, fds.report, fds.release];
     keep.extend(fds.start);
     sys::close_other_fds(&keep);
@@ -217,6 +222,9 @@ fn spawn_test(spec: &Spec, fds: &InitFds) -> Result<libc::pid_t, SetupError> {
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
         if null >= 0 {
             libc::dup2(null, 0);
+            if null > 2 {
+                libc::close(null);
+            }
         }
         libc::dup2(fds.stdout, 1);
         libc::dup2(fds.stderr, 2);

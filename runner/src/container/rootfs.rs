@@ -207,6 +207,9 @@ pub fn build(plan: &RootfsPlan, tmpfs_size: u64, home: &Path, clock: &mut StepCl
         let target = root.join("etc/hosts");
         if target.exists() {
             step("bind /etc/hosts", &target, mount(Some(hosts), &target, none, MsFlags::MS_BIND, none))?;
+            // One host file serves every container: a write would reach
+            // the host's disk and the other tests.
+            remount_read_only(&target)?;
         }
     }
     clock.lap("dev+home");
@@ -356,9 +359,23 @@ fn mount_proc(root: &Path) -> Result<(), SetupError> {
     make_dirs(&at)?;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     step("mount /proc", &at, mount(Some("proc"), &at, Some("proc"), flags, none))?;
-    // Kernel settings under /proc/sys are writable by uid 0 of any user
-    // namespace whose uid 0 is the host's root: keep them read-only.
-    for path in ["sys", "sysrq-trigger"] {
+    // A test must not create user namespaces of its own: in one it holds
+    // every capability again, enough to mount its cgroups and raise its
+    // own caps, whose files belong to the host's root when the runner runs
+    // as root. The limit applies to this user namespace and all below it.
+    let limit = at.join("sys/user/max_user_namespaces");
+    io_step("forbid nested user namespaces", &limit, fs::write(&limit, "0"))?;
+    // Files under /proc that the host's root owns are writable by the
+    // test's uid 0 even without capabilities (PCI config space, IRQ
+    // affinity, kernel settings): keep them read-only when that is who
+    // the test is.
+    let root_mapped = nix::unistd::getuid().is_root();
+    let read_only: &[&str] = if root_mapped {
+        &["sys", "sysrq-trigger", "bus", "fs", "irq", "pressure", "acpi", "scsi"]
+    } else {
+        &["sys", "sysrq-trigger"]
+    };
+    for path in read_only {
         let target = at.join(path);
         if target.exists() {
             step("bind /proc read-only", &target, mount(Some(&target), &target, none, MsFlags::MS_BIND, none))?;
