@@ -67,6 +67,15 @@ fn timeout_arg(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// Parses a pids cap. Init, the test and libtest's thread need a few
+/// tasks before the test does anything.
+fn pids_arg(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(n) if n >= 8 => Ok(n),
+        _ => Err(format!("invalid pids cap {text:?}: expected a whole number of 8 or more (init, the test and its threads need a few)")),
+    }
+}
+
 fn jobs_arg(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),
@@ -149,7 +158,7 @@ pub struct Cli {
     #[arg(long, value_name = "CPUS", value_parser = cpus_arg, help_heading = "Caps")]
     pub cpus: Option<f64>,
     /// Maximum tasks (processes and threads) per test [default: 1024]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Caps")]
+    #[arg(long, value_name = "N", value_parser = pids_arg, help_heading = "Caps")]
     pub pids: Option<u64>,
     /// Wall-clock timeout per test [default: 5m]
     #[arg(long, value_name = "DURATION", value_parser = timeout_arg, help_heading = "Caps")]
@@ -371,9 +380,42 @@ pub fn run(cli: Cli, zygote: ZygoteHandle) -> i32 {
     };
     let binary_count = build.binaries.len();
 
+    // Until here SIGINT and SIGTERM end the runner at once, which leaves
+    // nothing behind: cargo gets the terminal's SIGINT too, and no
+    // container or cgroup exists yet. From here on every thread inherits
+    // this mask, and one thread turns the signals into an orderly stop.
+    let _ = termination_signals().thread_block();
+    let (cancel, interrupted) = match Cancel::new() {
+        Ok(c) => {
+            let cancel = Arc::new(c);
+            let interrupted = watch_signals(Arc::clone(&cancel));
+            (cancel, interrupted)
+        }
+        Err(e) => {
+            eprintln!("error: cannot create a pipe: {e}");
+            return exit_code::INTERNAL;
+        }
+    };
+
     let toolchain = Toolchain::current();
-    let staging = std::env::temp_dir().join(format!("cargo-sandbox-test.{}", std::process::id()));
-    let sandbox = match Sandbox::prepare(&cli, &build.workspace_root, &build.target_dir, toolchain, staging, zygote)
+    // A fresh directory with an unpredictable name, mode 0700: a name
+    // another user could guess would let them plant a symlink where the
+    // runner writes as root.
+    let staging = tempfile::Builder::new()
+        .prefix(&format!("cargo-sandbox-test.{}.", std::process::id()))
+        .tempdir_in(std::env::temp_dir())
+        .map(|dir| dir.keep());
+    let staging = match staging {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!(
+                "error: cannot create a staging directory in {}: {e}; set TMPDIR to a writable directory",
+                std::env::temp_dir().display()
+            );
+            return exit_code::SETUP_FAILED;
+        }
+    };
+    let sandbox = match Sandbox::prepare(&cli, &build.workspace_root, &build.target_dir, toolchain, staging, zygote, cancel, interrupted)
     {
         Ok(s) => s,
         Err(message) => {
@@ -401,9 +443,14 @@ fn list_and_run(
     let ids = std::sync::atomic::AtomicU64::new(1 << 32);
     let lister = |binary: &plan::TestBinary, args: &[&str]| {
         let id = ids.fetch_add(1, Ordering::SeqCst);
-        crate::supervise::capture(&sandbox.zygote, binary, args, &options, id, Duration::from_secs(60))
+        crate::supervise::capture(&sandbox.zygote, binary, args, &options, id, Duration::from_secs(60), &sandbox.cancel)
     };
-    let tests = match plan::list(binaries, filter, jobs, &lister) {
+    let tests = plan::list(binaries, filter, jobs, &lister);
+    if sandbox.interrupted.load(Ordering::SeqCst) {
+        eprintln!("error: interrupted while listing tests");
+        return exit_code::INTERRUPTED;
+    }
+    let tests = match tests {
         Ok(t) => t,
         Err(err) => {
             eprintln!("error: {err}");
@@ -544,6 +591,9 @@ struct Sandbox {
     staging: PathBuf,
     home: PathBuf,
     overlay: bool,
+    cancel: Arc<Cancel>,
+    /// Set when SIGINT or SIGTERM stopped the run.
+    interrupted: Arc<AtomicBool>,
 }
 
 impl Sandbox {
@@ -554,6 +604,8 @@ impl Sandbox {
         toolchain: &Toolchain,
         staging: PathBuf,
         zygote: ZygoteHandle,
+        cancel: Arc<Cancel>,
+        interrupted: Arc<AtomicBool>,
     ) -> Result<Sandbox, String> {
         std::fs::create_dir_all(&staging)
             .map_err(|e| format!("cannot create the staging directory {}: {e}", staging.display()))?;
@@ -589,7 +641,7 @@ impl Sandbox {
         let home = container_home();
         let zygote = zygote.connect(&rootfs).map_err(|e| format!("cannot reach the container zygote: {e}"))?;
         let overlay = !rootfs.overlay_refused;
-        Ok(Sandbox { zygote, cgroups, staging, home, overlay })
+        Ok(Sandbox { zygote, cgroups, staging, home, overlay, cancel, interrupted })
     }
 
     fn run_tests(&self, cli: &Cli, config: &Config, tests: &[TestCase], binaries: usize, workers: usize) -> i32 {
@@ -607,14 +659,8 @@ impl Sandbox {
             eprintln!("error: {err}");
             return exit_code::USAGE;
         }
-        let cancel = match Cancel::new() {
-            Ok(c) => Arc::new(c),
-            Err(e) => {
-                eprintln!("error: cannot create a pipe: {e}");
-                return exit_code::INTERNAL;
-            }
-        };
-        let interrupted = watch_signals(Arc::clone(&cancel));
+        let cancel = &self.cancel;
+        let interrupted = &self.interrupted;
         let baseline = match cli.baseline.as_deref().map(Baseline::load).transpose() {
             Ok(b) => b,
             Err(err) => {
@@ -625,7 +671,7 @@ impl Sandbox {
         let ctx = Context {
             zygote: &self.zygote,
             cgroups: self.cgroups.as_ref(),
-            cancel: &cancel,
+            cancel,
             baseline: baseline.as_ref().map(|b| (b, cli.baseline_threshold)),
         };
         let reporter = Mutex::new(Reporter::new(cli.message_format));
@@ -704,6 +750,8 @@ impl Sandbox {
         };
         let pids = match caps.pids {
             Some(p) if has(Controller::Pids) => format!(", pids {p}"),
+            // The kernel does not apply RLIMIT_NPROC to the host's root.
+            Some(_) if nix::unistd::geteuid().is_root() => ", pids uncapped".into(),
             Some(p) => format!(", pids {p} (RLIMIT_NPROC)"),
             None => String::new(),
         };
@@ -784,14 +832,21 @@ fn write_hosts_file(staging: &Path) -> Option<PathBuf> {
     Some(path)
 }
 
-/// Removes staging directories of runs whose process is gone.
+/// Removes staging directories of this user's runs whose process is gone.
+/// Their names are `cargo-sandbox-test.<pid>.<random>`.
 fn remove_stale_staging(current: &Path) {
+    use std::os::unix::fs::MetadataExt;
     let Some(parent) = current.parent() else { return };
     let Ok(entries) = std::fs::read_dir(parent) else { return };
+    let uid = nix::unistd::geteuid().as_raw();
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("cargo-sandbox-test.")) else { continue };
-        let Ok(pid) = pid.parse::<u32>() else { continue };
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("cargo-sandbox-test.")) else { continue };
+        let Some(Ok(pid)) = rest.split('.').next().map(str::parse::<u32>) else { continue };
+        let Ok(meta) = entry.path().symlink_metadata() else { continue };
+        if !meta.is_dir() || meta.uid() != uid {
+            continue;
+        }
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = std::fs::remove_dir_all(entry.path());
         }

@@ -13,10 +13,6 @@ fn main() {
             std::process::exit(cli::exit_code::SETUP_FAILED);
         }
     };
-    // Every thread started from here on inherits this mask; one thread
-    // waits for these signals and stops the run in order.
-    let _ = cli::termination_signals().thread_block();
-
     let args = cli::parse_args();
     let filter = match args.verbose {
         0 => "warn",

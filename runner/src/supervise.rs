@@ -321,8 +321,16 @@ pub fn job_results(tests: &[TestCase], run: ContainerRun, options: &RunOptions) 
 /// figures belong to the whole binary, so they are reported on the
 /// binary's first test only.
 fn binary_results(tests: &[TestCase], run: ContainerRun, options: &RunOptions) -> Vec<TestResult> {
-    let verdicts = crate::libtest::parse_output(&run.stdout.text());
+    let mut verdicts = crate::libtest::parse_output(&run.stdout.text());
     let binary_outcome = judge(&run.ending, &run.usage);
+    // The verdict lines are text a test can print itself. A binary that
+    // failed must show a failing test; when its lines claim otherwise, no
+    // line is trusted and every test of the binary counts as failed.
+    let exited_clean = run.ending.exit == Some(TestExit::Code(0));
+    let names_a_failure = verdicts.results.values().any(|v| *v == crate::libtest::Verdict::Failed);
+    if !exited_clean && !names_a_failure {
+        verdicts.results.clear();
+    }
     let mut results = Vec::with_capacity(tests.len());
     for (index, test) in tests.iter().enumerate() {
         let mut result = TestResult::not_run(test, binary_outcome, options);
@@ -331,8 +339,9 @@ fn binary_results(tests: &[TestCase], run: ContainerRun, options: &RunOptions) -
             Some(crate::libtest::Verdict::Failed) => result.outcome = Outcome::Failed,
             Some(crate::libtest::Verdict::Ignored) => result.outcome = Outcome::Ignored,
             // No verdict line: the binary died before this test finished,
-            // so the container's outcome is this test's.
-            None if binary_outcome == Outcome::Passed => result.outcome = Outcome::Failed,
+            // or its output did not match its exit status, so the
+            // container's outcome is this test's.
+            None if matches!(binary_outcome, Outcome::Passed | Outcome::Leaked) => result.outcome = Outcome::Failed,
             None => {}
         }
         if let Some(output) = verdicts.output.get(test.name.as_str()) {
@@ -428,7 +437,7 @@ pub fn prepare<'a>(ctx: &Context<'a>, tests: &[TestCase], options: &RunOptions, 
         tmpfs_size: options.tmpfs_size,
         leak_timeout_ms: options.leak_timeout.as_millis() as u64,
         gated: true,
-        nproc_limit: if ctx.cgroups.is_some_and(|c| c.has(Controller::Pids)) { None } else { options.caps.pids },
+        nproc_limit: nproc_limit(ctx, options),
     };
     let procs = cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default();
     match ctx.zygote.request_spawn(spec, procs) {
@@ -439,6 +448,18 @@ pub fn prepare<'a>(ctx: &Context<'a>, tests: &[TestCase], options: &RunOptions, 
             }
             Err(spawn_error(err))
         }
+    }
+}
+
+/// Returns the RLIMIT_NPROC that stands in for the pids cap when no pids
+/// cgroup is usable. The kernel does not apply it to the host's root, so a
+/// root run without cgroups gets none.
+pub fn nproc_limit(ctx: &Context, options: &RunOptions) -> Option<u64> {
+    let has_pids_cgroup = ctx.cgroups.is_some_and(|c| c.has(Controller::Pids));
+    if has_pids_cgroup || nix::unistd::geteuid().is_root() {
+        None
+    } else {
+        options.caps.pids
     }
 }
 
@@ -579,6 +600,7 @@ pub fn capture(
     options: &RunOptions,
     id: u64,
     timeout: Duration,
+    cancel: &Cancel,
 ) -> Result<crate::plan::ListOutput, String> {
     let spec = Spec {
         id,
@@ -602,9 +624,12 @@ pub fn capture(
     let mut buf = vec![0u8; 64 * 1024];
     while open.iter().any(|o| *o) {
         let now = Instant::now();
-        if now >= deadline {
+        if now >= deadline || cancel.is_set() {
             container.signal(libc::SIGKILL);
             let _ = container.wait(Duration::from_secs(5));
+            if cancel.is_set() {
+                return Err("the run was interrupted".into());
+            }
             return Err(format!("listing did not finish within {}", humantime::format_duration(timeout)));
         }
         let mut polls: Vec<PollFd> = Vec::new();
@@ -613,6 +638,7 @@ pub fn capture(
             indices.push(index);
             polls.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
         }
+        polls.push(PollFd::new(cancel.read.as_fd(), PollFlags::POLLIN));
         let wait = PollTimeout::try_from(deadline - now).unwrap_or(PollTimeout::MAX);
         if nix::poll::poll(&mut polls, wait).unwrap_or(0) == 0 {
             continue;

@@ -441,7 +441,12 @@ fn interrupt_stops_every_container() {
         .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy() == format!("cargo-sandbox-test.{pid}")).count())
         .unwrap_or(0);
     assert_eq!(cgroup_dirs, 0, "the run's cgroup was left behind");
-    assert!(!std::env::temp_dir().join(format!("cargo-sandbox-test.{pid}")).exists());
+    let prefix = format!("cargo-sandbox-test.{pid}.");
+    let staging_left = fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with(&prefix));
+    assert!(!staging_left, "the run's staging directory was left behind");
 }
 
 #[test]
@@ -567,4 +572,11 @@ fn group_kill_stays_in_its_container() {
     assert_eq!(run.outcome("kills_own_process_group"), "signaled", "{}", run.stderr);
     assert_eq!(run.outcome("neighbour_sleeps"), "passed", "{}", run.stderr);
     assert_eq!(run.code, 100, "{}", run.stderr);
+}
+
+#[test]
+fn per_binary_rejects_forged_verdicts() {
+    let run = run_fixture(&["--test", "spoof", "--ignored", "--per-binary"]);
+    assert_eq!(run.code, 100, "{}", run.stderr);
+    assert_eq!(run.outcome("fails_for_real"), "failed", "{}", run.stderr);
 }

@@ -99,6 +99,10 @@ impl SetupError {
                  hidden (as in some containers); run on a host with a fully visible /proc",
             ),
             ("join the test cgroup", _) => Some("rerun with `--no-cgroups` or fix the cgroup permissions"),
+            ("reach the zygote", libc::EMSGSIZE) => Some(
+                "the test's environment and arguments exceed what one message to the zygote \
+                 carries (256 KiB); pass fewer or shorter `--env` values",
+            ),
             _ => None,
         }
     }
@@ -383,9 +387,13 @@ impl<'a> PendingSpawn<'a> {
     /// Waits for the zygote's answer.
     pub fn wait(self) -> Result<(Container<'a>, Pipes), SpawnError> {
         let PendingSpawn { id, rx, pipes, zygote } = self;
-        match rx.recv() {
+        // The zygote answers in milliseconds; a minute means it is stuck.
+        match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(Reply::Spawned { pid, .. }) => Ok((Container { id, pid, rx, zygote }, pipes)),
             Ok(Reply::SpawnFailed { error, .. }) => Err(SpawnError::Setup(error)),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                Err(SpawnError::Zygote(io::Error::other("the zygote did not answer within 60 s")))
+            }
             Ok(Reply::Exited { .. }) | Err(_) => Err(SpawnError::Zygote(io::Error::other("the zygote exited"))),
         }
     }

@@ -302,8 +302,9 @@ impl Reporter {
                     continue;
                 }
                 eprintln!("\n--- {stream}: {} {} ---", r.binary_id, r.name);
-                eprint!("{}", captured.text());
-                if !captured.text().ends_with('\n') {
+                let text = printable(&captured.text());
+                eprint!("{text}");
+                if !text.ends_with('\n') {
                     eprintln!();
                 }
             }
@@ -325,6 +326,14 @@ impl Reporter {
         );
         eprintln!("Summary: {} passed, {} failed, {} skipped", summary.passed, summary.failed, summary.ignored);
     }
+}
+
+/// Replaces control characters other than newline and tab, so a test's
+/// output cannot move the cursor, retitle the terminal or clear it.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() && c != '\n' && c != '\t' { char::REPLACEMENT_CHARACTER } else { c })
+        .collect()
 }
 
 /// Prints the tests with the highest peak memory, CPU time and wall time.
