@@ -11,7 +11,7 @@ use crate::config::Budgets;
 use crate::outcome::Usage;
 use crate::report::mib;
 
-/// How budget breaches affect the run.
+/// The effect of budget breaches on the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum BudgetMode {
     /// A breach fails the test
@@ -78,10 +78,22 @@ pub fn judge(usage: &Usage, budgets: &Budgets) -> Judgement {
     };
     let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
     let checks = [
-        (Figure::Memory, budgets.memory.map(|b| b as f64), usage.memory_peak.map(|m| m as f64)),
+        (
+            Figure::Memory,
+            budgets.memory.map(|b| b as f64),
+            usage.memory_peak.map(|m| m as f64),
+        ),
         (Figure::CpuTime, secs(budgets.cpu_time), secs(cpu)),
-        (Figure::WallTime, secs(budgets.wall_time), secs(usage.wall_time)),
-        (Figure::Tasks, budgets.tasks.map(|t| t as f64), usage.tasks_peak.map(|t| t as f64)),
+        (
+            Figure::WallTime,
+            secs(budgets.wall_time),
+            secs(usage.wall_time),
+        ),
+        (
+            Figure::Tasks,
+            budgets.tasks.map(|t| t as f64),
+            usage.tasks_peak.map(|t| t as f64),
+        ),
     ];
     let mut judgement = Judgement::default();
     for (figure, budget, measured) in checks {
@@ -124,26 +136,45 @@ mod tests {
 
     #[test]
     fn memory_breach_names_both_values() {
-        let budgets = Budgets { memory: Some(256 << 20), ..Budgets::default() };
+        let budgets = Budgets {
+            memory: Some(256 << 20),
+            ..Budgets::default()
+        };
         let judgement = judge(&usage(), &budgets);
         assert_eq!(judgement.breaches.len(), 1);
-        assert_eq!(judgement.breaches[0].message, "peak memory 312.0 MiB > budget 256.0 MiB");
+        assert_eq!(
+            judgement.breaches[0].message,
+            "peak memory 312.0 MiB > budget 256.0 MiB"
+        );
         assert!(judgement.unchecked.is_empty());
     }
 
     #[test]
     fn cpu_time_is_user_plus_system() {
-        let within = Budgets { cpu_time: Some(Duration::from_millis(1000)), ..Budgets::default() };
+        let within = Budgets {
+            cpu_time: Some(Duration::from_millis(1000)),
+            ..Budgets::default()
+        };
         assert!(judge(&usage(), &within).breaches.is_empty());
-        let over = Budgets { cpu_time: Some(Duration::from_millis(999)), ..Budgets::default() };
+        let over = Budgets {
+            cpu_time: Some(Duration::from_millis(999)),
+            ..Budgets::default()
+        };
         let judgement = judge(&usage(), &over);
         assert_eq!(judgement.breaches[0].figure, Figure::CpuTime);
-        assert_eq!(judgement.breaches[0].message, "CPU time 1.000s > budget 0.999s");
+        assert_eq!(
+            judgement.breaches[0].message,
+            "CPU time 1.000s > budget 0.999s"
+        );
     }
 
     #[test]
     fn unavailable_figure_is_unchecked() {
-        let budgets = Budgets { memory: Some(1), tasks: Some(1), ..Budgets::default() };
+        let budgets = Budgets {
+            memory: Some(1),
+            tasks: Some(1),
+            ..Budgets::default()
+        };
         let judgement = judge(&Usage::default(), &budgets);
         assert!(judgement.breaches.is_empty());
         assert_eq!(judgement.unchecked, [Figure::Memory, Figure::Tasks]);
@@ -157,8 +188,20 @@ mod tests {
             wall_time: Some(Duration::from_millis(10)),
             tasks: Some(2),
         };
-        let figures: Vec<Figure> = judge(&usage(), &budgets).breaches.iter().map(|b| b.figure).collect();
-        assert_eq!(figures, [Figure::Memory, Figure::CpuTime, Figure::WallTime, Figure::Tasks]);
+        let figures: Vec<Figure> = judge(&usage(), &budgets)
+            .breaches
+            .iter()
+            .map(|b| b.figure)
+            .collect();
+        assert_eq!(
+            figures,
+            [
+                Figure::Memory,
+                Figure::CpuTime,
+                Figure::WallTime,
+                Figure::Tasks
+            ]
+        );
     }
 
     #[test]

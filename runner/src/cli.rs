@@ -12,8 +12,8 @@ use crate::cgroup::{Caps, Controller, Layout, RunCgroups};
 use crate::config::{parse_duration, parse_size, Config, TestIdentity};
 use crate::container::{self, ZygoteHandle};
 use crate::plan::{self, BuildArgs, Filter, TestCase, Toolchain};
-use crate::report::{MessageFormat, Reporter, Summary};
 use crate::report::file::Baseline;
+use crate::report::{MessageFormat, Reporter, Summary};
 use crate::supervise::{Cancel, Context, RunOptions, TestResult};
 
 /// Exit codes, one per kind of failure.
@@ -62,7 +62,9 @@ fn duration_arg(text: &str) -> Result<Duration, String> {
 fn timeout_arg(text: &str) -> Result<Duration, String> {
     let duration = parse_duration(text)?;
     if duration.is_zero() {
-        return Err(format!("invalid timeout {text:?}: it must be longer than zero, such as \"30s\""));
+        return Err(format!(
+            "invalid timeout {text:?}: it must be longer than zero, such as \"30s\""
+        ));
     }
     Ok(duration)
 }
@@ -79,14 +81,18 @@ fn pids_arg(text: &str) -> Result<u64, String> {
 fn jobs_arg(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),
-        _ => Err(format!("invalid job count {text:?}: expected a whole number of 1 or more")),
+        _ => Err(format!(
+            "invalid job count {text:?}: expected a whole number of 1 or more"
+        )),
     }
 }
 
 fn cpus_arg(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
-        _ => Err(format!("invalid CPU count {text:?}: expected a positive number such as 1 or 1.5")),
+        _ => Err(format!(
+            "invalid CPU count {text:?}: expected a positive number such as 1 or 1.5"
+        )),
     }
 }
 
@@ -96,7 +102,9 @@ fn env_arg(text: &str) -> Result<(String, Option<String>), String> {
         None => (text, None),
     };
     if name.is_empty() || name.contains('\0') {
-        return Err(format!("invalid variable {text:?}: expected NAME or NAME=VALUE"));
+        return Err(format!(
+            "invalid variable {text:?}: expected NAME or NAME=VALUE"
+        ));
     }
     Ok((name.to_string(), value))
 }
@@ -129,7 +137,11 @@ pub struct Cli {
     #[arg(long, value_name = "PATTERN", help_heading = "Test selection")]
     pub skip: Vec<String>,
     /// Run only ignored tests
-    #[arg(long, conflicts_with = "include_ignored", help_heading = "Test selection")]
+    #[arg(
+        long,
+        conflicts_with = "include_ignored",
+        help_heading = "Test selection"
+    )]
     pub ignored: bool,
     /// Run ignored tests too
     #[arg(long, help_heading = "Test selection")]
@@ -137,8 +149,14 @@ pub struct Cli {
     /// Print the tests that would run, then exit
     #[arg(long, help_heading = "Test selection")]
     pub list: bool,
-    /// What a run that selects no test does
-    #[arg(long, value_enum, value_name = "ACTION", default_value = "fail", help_heading = "Test selection")]
+    /// Action when the filters select no test
+    #[arg(
+        long,
+        value_enum,
+        value_name = "ACTION",
+        default_value = "fail",
+        help_heading = "Test selection"
+    )]
     pub no_tests: NoTests,
 
     /// Tests (or binaries, with --per-binary) run at once [default: CPUs this process may use]
@@ -148,7 +166,12 @@ pub struct Cli {
     #[arg(long, help_heading = "Running")]
     pub per_binary: bool,
     /// Profile of sandbox-test.toml to use
-    #[arg(long, value_name = "NAME", default_value = "default", help_heading = "Running")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "default",
+        help_heading = "Running"
+    )]
     pub config_profile: String,
 
     /// Memory cap per test, swap included [default: 2GiB]
@@ -199,7 +222,13 @@ pub struct Cli {
     #[arg(long, value_enum, default_value = "human", help_heading = "Reporting")]
     pub message_format: MessageFormat,
     /// Whether a budget breach fails the test (enforce) or is only reported (warn)
-    #[arg(long, value_enum, value_name = "MODE", default_value = "enforce", help_heading = "Reporting")]
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        default_value = "enforce",
+        help_heading = "Reporting"
+    )]
     pub budgets: crate::budget::BudgetMode,
     /// Write a JUnit XML report to PATH
     #[arg(long, value_name = "PATH", help_heading = "Reporting")]
@@ -228,7 +257,7 @@ pub struct Cli {
     pub test_args: Vec<String>,
 }
 
-/// What to do when the filters select no test.
+/// The action when the filters select no test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum NoTests {
     /// Exit with code 4
@@ -303,7 +332,9 @@ impl Cli {
                     Some(p) => filter.skip.push(p.clone()),
                     None => return Err("`--skip` after `--` needs a pattern".into()),
                 },
-                other if other.starts_with("--skip=") => filter.skip.push(other["--skip=".len()..].into()),
+                other if other.starts_with("--skip=") => {
+                    filter.skip.push(other["--skip=".len()..].into())
+                }
                 other if other.starts_with("--test-threads") => {
                     return Err(format!(
                         "unsupported test argument `{other}` after `--`: each test runs in its own \
@@ -415,15 +446,31 @@ pub fn run(cli: Cli, zygote: ZygoteHandle) -> i32 {
             return exit_code::SETUP_FAILED;
         }
     };
-    let sandbox = match Sandbox::prepare(&cli, &build.workspace_root, &build.target_dir, toolchain, staging, zygote, cancel, interrupted)
-    {
+    let sandbox = match Sandbox::prepare(
+        &cli,
+        &build.workspace_root,
+        &build.target_dir,
+        toolchain,
+        staging,
+        zygote,
+        cancel,
+        interrupted,
+    ) {
         Ok(s) => s,
         Err(message) => {
             eprintln!("error: {message}");
             return exit_code::SETUP_FAILED;
         }
     };
-    let code = list_and_run(&cli, &config, &sandbox, build.binaries, &filter, binary_count, jobs);
+    let code = list_and_run(
+        &cli,
+        &config,
+        &sandbox,
+        build.binaries,
+        &filter,
+        binary_count,
+        jobs,
+    );
     sandbox.teardown();
     code
 }
@@ -443,7 +490,15 @@ fn list_and_run(
     let ids = std::sync::atomic::AtomicU64::new(1 << 32);
     let lister = |binary: &plan::TestBinary, args: &[&str]| {
         let id = ids.fetch_add(1, Ordering::SeqCst);
-        crate::supervise::capture(&sandbox.zygote, binary, args, &options, id, Duration::from_secs(60), &sandbox.cancel)
+        crate::supervise::capture(
+            &sandbox.zygote,
+            binary,
+            args,
+            &options,
+            id,
+            Duration::from_secs(60),
+            &sandbox.cancel,
+        )
     };
     let tests = plan::list(binaries, filter, jobs, &lister);
     if sandbox.interrupted.load(Ordering::SeqCst) {
@@ -479,7 +534,11 @@ fn list_and_run(
 /// defaults, with no budgets.
 fn listing_options(cli: &Cli, home: &Path) -> RunOptions {
     RunOptions {
-        caps: Caps { memory: None, cpus: None, pids: Some(cli.pids.unwrap_or(defaults::PIDS)) },
+        caps: Caps {
+            memory: None,
+            cpus: None,
+            pids: Some(cli.pids.unwrap_or(defaults::PIDS)),
+        },
         timeout: Duration::from_secs(60),
         kill_grace: cli.kill_grace,
         leak_timeout: Duration::ZERO,
@@ -497,7 +556,10 @@ fn listing_options(cli: &Cli, home: &Path) -> RunOptions {
 fn suggest_budgets(args: &SuggestArgs) -> i32 {
     match Baseline::load(&args.from) {
         Ok(baseline) => {
-            print!("{}", crate::report::file::suggest(&baseline, args.headroom, &args.profile));
+            print!(
+                "{}",
+                crate::report::file::suggest(&baseline, args.headroom, &args.profile)
+            );
             exit_code::SUCCESS
         }
         Err(err) => {
@@ -516,7 +578,11 @@ fn load_config(cli: &Cli, metadata: &cargo_metadata::Metadata) -> Result<Config,
         let place = if origin.exists() {
             format!("in {}", origin.display())
         } else {
-            format!("(no {} in {})", crate::config::CONFIG_FILE, metadata.workspace_root)
+            format!(
+                "(no {} in {})",
+                crate::config::CONFIG_FILE,
+                metadata.workspace_root
+            )
         };
         return Err(format!(
             "profile `{}` is not defined {place}; defined profiles: {}",
@@ -539,12 +605,28 @@ pub mod defaults {
 
 /// Resolves one test's options: flags win over the config file, which wins
 /// over the built-in defaults.
-fn options_for(cli: &Cli, config: &Config, test: &TestCase, home: &Path) -> Result<RunOptions, String> {
-    let identity = TestIdentity { package: &test.binary.package, binary: &test.binary.target, name: &test.name };
-    let settings = config.resolve(&cli.config_profile, &identity).map_err(|e| e.to_string())?;
+fn options_for(
+    cli: &Cli,
+    config: &Config,
+    test: &TestCase,
+    home: &Path,
+) -> Result<RunOptions, String> {
+    let identity = TestIdentity {
+        package: &test.binary.package,
+        binary: &test.binary.target,
+        name: &test.name,
+    };
+    let settings = config
+        .resolve(&cli.config_profile, &identity)
+        .map_err(|e| e.to_string())?;
     let mut env: Vec<(String, Option<String>)> = Vec::new();
     env.extend(settings.pass_env.iter().map(|n| (n.clone(), None)));
-    env.extend(settings.env.iter().map(|(k, v)| (k.clone(), Some(v.clone()))));
+    env.extend(
+        settings
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(v.clone()))),
+    );
     env.extend(cli.env.iter().cloned());
     Ok(RunOptions {
         caps: Caps {
@@ -552,9 +634,15 @@ fn options_for(cli: &Cli, config: &Config, test: &TestCase, home: &Path) -> Resu
             cpus: cli.cpus.or(settings.cpus),
             pids: Some(cli.pids.or(settings.pids).unwrap_or(defaults::PIDS)),
         },
-        timeout: cli.timeout.or(settings.timeout).unwrap_or(defaults::TIMEOUT),
+        timeout: cli
+            .timeout
+            .or(settings.timeout)
+            .unwrap_or(defaults::TIMEOUT),
         kill_grace: cli.kill_grace,
-        leak_timeout: cli.leak_timeout.or(settings.leak_timeout).unwrap_or(defaults::LEAK_TIMEOUT),
+        leak_timeout: cli
+            .leak_timeout
+            .or(settings.leak_timeout)
+            .unwrap_or(defaults::LEAK_TIMEOUT),
         fail_on_leak: cli.fail_on_leak || settings.fail_on_leak.unwrap_or(false),
         tmpfs_size: cli.tmpfs_size,
         max_output: cli.max_output as usize,
@@ -578,7 +666,11 @@ fn print_list(tests: &[TestCase], format: MessageFormat) {
             println!("{line}");
             continue;
         }
-        let mark = if !test.run && test.ignored { " (ignored)" } else { "" };
+        let mark = if !test.run && test.ignored {
+            " (ignored)"
+        } else {
+            ""
+        };
         println!("{} {}{mark}", test.binary.id, test.name);
     }
 }
@@ -607,11 +699,18 @@ impl Sandbox {
         cancel: Arc<Cancel>,
         interrupted: Arc<AtomicBool>,
     ) -> Result<Sandbox, String> {
-        std::fs::create_dir_all(&staging)
-            .map_err(|e| format!("cannot create the staging directory {}: {e}", staging.display()))?;
+        std::fs::create_dir_all(&staging).map_err(|e| {
+            format!(
+                "cannot create the staging directory {}: {e}",
+                staging.display()
+            )
+        })?;
         remove_stale_staging(&staging);
 
-        let mut extra = vec![(workspace.to_path_buf(), true), (target_dir.to_path_buf(), true)];
+        let mut extra = vec![
+            (workspace.to_path_buf(), true),
+            (target_dir.to_path_buf(), true),
+        ];
         if let Some(dir) = &toolchain.rustup_home {
             extra.push((dir.clone(), false));
         }
@@ -628,7 +727,15 @@ impl Sandbox {
         // A test of a root run is uid 0 on the host's files: the password
         // hashes stay out of its view all the same.
         if nix::unistd::geteuid().is_root() {
-            masks.extend(["/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-"].map(PathBuf::from));
+            masks.extend(
+                [
+                    "/etc/shadow",
+                    "/etc/gshadow",
+                    "/etc/shadow-",
+                    "/etc/gshadow-",
+                ]
+                .map(PathBuf::from),
+            );
         }
         let mut rootfs = container::rootfs::plan(staging.join("mnt"), &extra, &masks)
             .map_err(|e| format!("cannot read the host's mounts: {e}"))?;
@@ -637,21 +744,45 @@ impl Sandbox {
         rootfs.overlay_refused = cli.no_overlay;
         rootfs.hosts_file = write_hosts_file(&staging);
 
-        let cgroups = if cli.no_cgroups { None } else { Some(setup_cgroups(zygote.pid(), cli.require_cgroups)?) };
+        let cgroups = if cli.no_cgroups {
+            None
+        } else {
+            Some(setup_cgroups(zygote.pid(), cli.require_cgroups)?)
+        };
         let home = container_home();
-        let zygote = zygote.connect(&rootfs).map_err(|e| format!("cannot reach the container zygote: {e}"))?;
+        let zygote = zygote
+            .connect(&rootfs)
+            .map_err(|e| format!("cannot reach the container zygote: {e}"))?;
         let overlay = !rootfs.overlay_refused;
-        Ok(Sandbox { zygote, cgroups, staging, home, overlay, cancel, interrupted })
+        Ok(Sandbox {
+            zygote,
+            cgroups,
+            staging,
+            home,
+            overlay,
+            cancel,
+            interrupted,
+        })
     }
 
-    fn run_tests(&self, cli: &Cli, config: &Config, tests: &[TestCase], binaries: usize, workers: usize) -> i32 {
+    fn run_tests(
+        &self,
+        cli: &Cli,
+        config: &Config,
+        tests: &[TestCase],
+        binaries: usize,
+        workers: usize,
+    ) -> i32 {
         let mut failure = None;
         let jobs = crate::schedule::jobs(tests, cli.per_binary, |test| {
             match options_for(cli, config, test, &self.home) {
                 Ok(o) => Arc::new(o),
                 Err(err) => {
                     failure.get_or_insert(err);
-                    Arc::new(options_for(cli, &Config::default(), test, &self.home).expect("defaults resolve"))
+                    Arc::new(
+                        options_for(cli, &Config::default(), test, &self.home)
+                            .expect("defaults resolve"),
+                    )
                 }
             }
         });
@@ -675,11 +806,20 @@ impl Sandbox {
             baseline: baseline.as_ref().map(|b| (b, cli.baseline_threshold)),
         };
         let reporter = Mutex::new(Reporter::new(cli.message_format));
-        reporter.lock().expect("not poisoned").run_started(tests, binaries, workers, cli.per_binary, self.cgroups_kind(), &self.header(jobs.first()));
+        reporter.lock().expect("not poisoned").run_started(
+            tests,
+            binaries,
+            workers,
+            cli.per_binary,
+            self.cgroups_kind(),
+            &self.header(jobs.first()),
+        );
         let results = crate::schedule::run(&ctx, tests, &jobs, workers, &reporter);
 
         let summary = Summary::of(&results);
-        let setup_failed = results.iter().any(|r| r.outcome == crate::outcome::Outcome::SetupFailed);
+        let setup_failed = results
+            .iter()
+            .any(|r| r.outcome == crate::outcome::Outcome::SetupFailed);
         let code = if setup_failed {
             exit_code::SETUP_FAILED
         } else if interrupted.load(Ordering::SeqCst) {
@@ -688,13 +828,19 @@ impl Sandbox {
             exit_code::TEST_FAILED
         } else if cli.fail_on_growth && results.iter().any(|r| !r.growth.is_empty()) {
             let grown = results.iter().filter(|r| !r.growth.is_empty()).count();
-            eprintln!("error: {} grew past the baseline threshold, and --fail-on-growth is set", crate::report::plural(grown, "test"));
+            eprintln!(
+                "error: {} grew past the baseline threshold, and --fail-on-growth is set",
+                crate::report::plural(grown, "test")
+            );
             exit_code::TEST_FAILED
         } else {
             exit_code::SUCCESS
         };
         let elapsed = reporter.lock().expect("not poisoned").elapsed();
-        reporter.lock().expect("not poisoned").run_finished(&results, code);
+        reporter
+            .lock()
+            .expect("not poisoned")
+            .run_finished(&results, code);
         let code = self.write_reports(cli, &results, &summary, elapsed, code);
         if cli.timings {
             crate::report::print_timings(&results);
@@ -712,7 +858,14 @@ impl Sandbox {
 
     /// Writes the files asked for with --junit and --report. A report that
     /// cannot be written turns a passing run into an internal error.
-    fn write_reports(&self, cli: &Cli, results: &[TestResult], summary: &Summary, elapsed: Duration, code: i32) -> i32 {
+    fn write_reports(
+        &self,
+        cli: &Cli,
+        results: &[TestResult],
+        summary: &Summary,
+        elapsed: Duration,
+        code: i32,
+    ) -> i32 {
         let mut code = code;
         for path in [&cli.junit, &cli.report].into_iter().flatten() {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -721,14 +874,24 @@ impl Sandbox {
         }
         if let Some(path) = &cli.junit {
             if let Err(err) = crate::report::junit::write(path, results, elapsed) {
-                eprintln!("error: cannot write the JUnit report {}: {err}", path.display());
+                eprintln!(
+                    "error: cannot write the JUnit report {}: {err}",
+                    path.display()
+                );
                 code = code.max(exit_code::INTERNAL);
             }
         }
         if let Some(path) = &cli.report {
-            let host = crate::report::file::HostInfo { cgroups: self.cgroups_kind() };
-            if let Err(err) = crate::report::file::write(path, results, summary, elapsed, code, &host) {
-                eprintln!("error: cannot write the run report {}: {err}", path.display());
+            let host = crate::report::file::HostInfo {
+                cgroups: self.cgroups_kind(),
+            };
+            if let Err(err) =
+                crate::report::file::write(path, results, summary, elapsed, code, &host)
+            {
+                eprintln!(
+                    "error: cannot write the run report {}: {err}",
+                    path.display()
+                );
                 code = code.max(exit_code::INTERNAL);
             }
         }
@@ -740,8 +903,14 @@ impl Sandbox {
             Some(c) if !c.is_empty() => format!("cgroups {}", c.layout().kind()),
             _ => "no cgroups".into(),
         };
-        let fs = if self.overlay { "overlay" } else { "read-only binds" };
-        let Some(options) = first.map(|j| &j.options) else { return format!("{cgroup}, {fs} root") };
+        let fs = if self.overlay {
+            "overlay"
+        } else {
+            "read-only binds"
+        };
+        let Some(options) = first.map(|j| &j.options) else {
+            return format!("{cgroup}, {fs} root");
+        };
         let caps = &options.caps;
         let has = |c: Controller| self.cgroups.as_ref().is_some_and(|g| g.has(c));
         let memory = match caps.memory {
@@ -760,7 +929,10 @@ impl Sandbox {
             Some(_) => ", CPU quota unenforced".into(),
             None => String::new(),
         };
-        format!("{cgroup}, {fs} root{memory}{pids}{cpus}, timeout {}", humantime::format_duration(options.timeout))
+        format!(
+            "{cgroup}, {fs} root{memory}{pids}{cpus}, timeout {}",
+            humantime::format_duration(options.timeout)
+        )
     }
 
     fn cgroups_kind(&self) -> &'static str {
@@ -782,11 +954,19 @@ impl Sandbox {
 /// Creates the run's cgroups and warns once about missing controllers, or
 /// fails with `--require-cgroups`.
 fn setup_cgroups(zygote_pid: u32, require: bool) -> Result<RunCgroups, String> {
-    let layout = Layout::detect().map_err(|e| format!("cannot read /proc/self/cgroup or mountinfo: {e}"))?;
-    let run = RunCgroups::setup(layout, &[std::process::id(), zygote_pid]).map_err(|e| e.to_string())?;
+    let layout =
+        Layout::detect().map_err(|e| format!("cannot read /proc/self/cgroup or mountinfo: {e}"))?;
+    let run =
+        RunCgroups::setup(layout, &[std::process::id(), zygote_pid]).map_err(|e| e.to_string())?;
     let essential = [Controller::Memory, Controller::Pids, Controller::Cpuacct];
-    let missing: Vec<&(Controller, String)> = run.missing.iter().filter(|(c, _)| essential.contains(c)).collect();
-    let Some((_, first_reason)) = missing.first() else { return Ok(run) };
+    let missing: Vec<&(Controller, String)> = run
+        .missing
+        .iter()
+        .filter(|(c, _)| essential.contains(c))
+        .collect();
+    let Some((_, first_reason)) = missing.first() else {
+        return Ok(run);
+    };
     let names: Vec<&str> = missing.iter().map(|(c, _)| c.name()).collect();
     let fix = "run as root, or start the runner in a delegated cgroup v2 \
                (`systemd-run --user --scope -p Delegate=yes cargo sandbox-test`)";
@@ -826,7 +1006,9 @@ fn write_hosts_file(staging: &Path) -> Option<PathBuf> {
     if !text.ends_with('\n') && !text.is_empty() {
         text.push('\n');
     }
-    text.push_str("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n127.0.1.1 sandbox\n");
+    text.push_str(
+        "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n127.0.1.1 sandbox\n",
+    );
     let path = staging.join("hosts");
     std::fs::write(&path, text).ok()?;
     Some(path)
@@ -836,14 +1018,27 @@ fn write_hosts_file(staging: &Path) -> Option<PathBuf> {
 /// Their names are `cargo-sandbox-test.<pid>.<random>`.
 fn remove_stale_staging(current: &Path) {
     use std::os::unix::fs::MetadataExt;
-    let Some(parent) = current.parent() else { return };
-    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    let Some(parent) = current.parent() else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
     let uid = nix::unistd::geteuid().as_raw();
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("cargo-sandbox-test.")) else { continue };
-        let Some(Ok(pid)) = rest.split('.').next().map(str::parse::<u32>) else { continue };
-        let Ok(meta) = entry.path().symlink_metadata() else { continue };
+        let Some(rest) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("cargo-sandbox-test."))
+        else {
+            continue;
+        };
+        let Some(Ok(pid)) = rest.split('.').next().map(str::parse::<u32>) else {
+            continue;
+        };
+        let Ok(meta) = entry.path().symlink_metadata() else {
+            continue;
+        };
         if !meta.is_dir() || meta.uid() != uid {
             continue;
         }
@@ -859,12 +1054,14 @@ fn remove_stale_staging(current: &Path) {
 fn watch_signals(cancel: Arc<Cancel>) -> Arc<AtomicBool> {
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&interrupted);
-    let _ = std::thread::Builder::new().name("signals".into()).spawn(move || {
-        if termination_signals().wait().is_ok() {
-            flag.store(true, Ordering::SeqCst);
-            cancel.trigger();
-        }
-    });
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if termination_signals().wait().is_ok() {
+                flag.store(true, Ordering::SeqCst);
+                cancel.trigger();
+            }
+        });
     interrupted
 }
 

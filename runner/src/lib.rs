@@ -4,10 +4,10 @@
 
 pub mod budget;
 pub mod cgroup;
-pub mod config;
-pub mod doctor;
-pub mod container;
 pub mod cli;
+pub mod config;
+pub mod container;
+pub mod doctor;
 pub mod libtest;
 pub mod outcome;
 pub mod plan;

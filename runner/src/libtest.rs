@@ -12,7 +12,7 @@ pub enum Verdict {
     Ignored,
 }
 
-/// What libtest printed about each test.
+/// The verdicts and failure output libtest printed, by test name.
 #[derive(Debug, Default)]
 pub struct Parsed {
     pub results: HashMap<String, Verdict>,

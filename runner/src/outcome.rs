@@ -7,7 +7,7 @@ use crate::cgroup::CgroupUsage;
 use crate::container::{Rusage, SetupError, TestExit};
 use crate::supervise::Phases;
 
-/// What happened to one test.
+/// The verdict on one test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
@@ -82,13 +82,13 @@ pub struct Usage {
     pub pids_limit_hits: Option<u64>,
     /// Processes still running when the test ended, killed at teardown.
     pub leaked: Option<u32>,
-    /// Where the container's time went.
+    /// The container's time per phase.
     pub phases: Option<Phases>,
 }
 
 impl Usage {
     /// Combines the cgroup's figures with `wait4`'s; the cgroup wins where it
-    /// has a figure, and rusage stands in for CPU time where it has none.
+    /// has a figure, and rusage replaces CPU time where it has none.
     pub fn combine(cgroup: Option<CgroupUsage>, rusage: Option<Rusage>) -> Usage {
         let cg = cgroup.unwrap_or_default();
         let from_rusage_user = rusage.map(|r| Duration::from_micros(r.user_us));
@@ -118,7 +118,7 @@ pub mod opt_secs {
     }
 }
 
-/// What the supervisor saw of one test's end.
+/// The end of one test as the supervisor saw it.
 #[derive(Debug, Clone, Default)]
 pub struct Ending {
     pub exit: Option<TestExit>,
@@ -144,7 +144,11 @@ pub fn judge(ending: &Ending, usage: &Usage) -> Outcome {
         return Outcome::OomKilled;
     }
     if passed {
-        return if usage.leaked.unwrap_or(0) > 0 { Outcome::Leaked } else { Outcome::Passed };
+        return if usage.leaked.unwrap_or(0) > 0 {
+            Outcome::Leaked
+        } else {
+            Outcome::Passed
+        };
     }
     if usage.pids_limit_hits.unwrap_or(0) > 0 {
         return Outcome::PidsLimit;
@@ -169,24 +173,39 @@ mod tests {
     use super::*;
 
     fn ending(exit: TestExit) -> Ending {
-        Ending { exit: Some(exit), ..Ending::default() }
+        Ending {
+            exit: Some(exit),
+            ..Ending::default()
+        }
     }
 
     #[test]
     fn oom_kill_beats_bare_sigkill() {
-        let usage = Usage { oom_kills: Some(1), ..Usage::default() };
-        assert_eq!(judge(&ending(TestExit::Signal(9)), &usage), Outcome::OomKilled);
+        let usage = Usage {
+            oom_kills: Some(1),
+            ..Usage::default()
+        };
+        assert_eq!(
+            judge(&ending(TestExit::Signal(9)), &usage),
+            Outcome::OomKilled
+        );
     }
 
     #[test]
     fn timeout_beats_signal() {
-        let end = Ending { timed_out: true, ..ending(TestExit::Signal(15)) };
+        let end = Ending {
+            timed_out: true,
+            ..ending(TestExit::Signal(15))
+        };
         assert_eq!(judge(&end, &Usage::default()), Outcome::TimedOut);
     }
 
     #[test]
     fn leak_is_reported_on_pass() {
-        let usage = Usage { leaked: Some(1), ..Usage::default() };
+        let usage = Usage {
+            leaked: Some(1),
+            ..Usage::default()
+        };
         assert_eq!(judge(&ending(TestExit::Code(0)), &usage), Outcome::Leaked);
         assert!(!Outcome::Leaked.is_failure(false));
         assert!(Outcome::Leaked.is_failure(true));
@@ -194,20 +213,35 @@ mod tests {
 
     #[test]
     fn pids_limit_on_failure() {
-        let usage = Usage { pids_limit_hits: Some(3), ..Usage::default() };
-        assert_eq!(judge(&ending(TestExit::Code(101)), &usage), Outcome::PidsLimit);
+        let usage = Usage {
+            pids_limit_hits: Some(3),
+            ..Usage::default()
+        };
+        assert_eq!(
+            judge(&ending(TestExit::Code(101)), &usage),
+            Outcome::PidsLimit
+        );
         assert_eq!(judge(&ending(TestExit::Code(0)), &usage), Outcome::Passed);
     }
 
     #[test]
     fn plain_failure_and_signal() {
-        assert_eq!(judge(&ending(TestExit::Code(101)), &Usage::default()), Outcome::Failed);
-        assert_eq!(judge(&ending(TestExit::Signal(6)), &Usage::default()), Outcome::Signaled);
+        assert_eq!(
+            judge(&ending(TestExit::Code(101)), &Usage::default()),
+            Outcome::Failed
+        );
+        assert_eq!(
+            judge(&ending(TestExit::Signal(6)), &Usage::default()),
+            Outcome::Signaled
+        );
     }
 
     #[test]
     fn unmeasured_oom_is_not_zero() {
         // Without a memory cgroup, a SIGKILL stays a signal.
-        assert_eq!(judge(&ending(TestExit::Signal(9)), &Usage::default()), Outcome::Signaled);
+        assert_eq!(
+            judge(&ending(TestExit::Signal(9)), &Usage::default()),
+            Outcome::Signaled
+        );
     }
 }

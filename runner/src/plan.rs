@@ -14,7 +14,12 @@ use cargo_metadata::{Message, Metadata, MetadataCommand, Package, TargetKind};
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct BuildArgs {
     /// Package to test (repeatable)
-    #[arg(short = 'p', long = "package", value_name = "SPEC", help_heading = "Package selection")]
+    #[arg(
+        short = 'p',
+        long = "package",
+        value_name = "SPEC",
+        help_heading = "Package selection"
+    )]
     pub package: Vec<String>,
     /// Test every package of the workspace
     #[arg(long, help_heading = "Package selection")]
@@ -35,7 +40,12 @@ pub struct BuildArgs {
     #[arg(long = "test", value_name = "NAME", help_heading = "Target selection")]
     pub test: Vec<String>,
     /// Features to activate, space or comma separated
-    #[arg(short = 'F', long, value_name = "FEATURES", help_heading = "Feature selection")]
+    #[arg(
+        short = 'F',
+        long,
+        value_name = "FEATURES",
+        help_heading = "Feature selection"
+    )]
     pub features: Vec<String>,
     /// Activate every feature
     #[arg(long, help_heading = "Feature selection")]
@@ -47,7 +57,11 @@ pub struct BuildArgs {
     #[arg(short = 'r', long, help_heading = "Compilation options")]
     pub release: bool,
     /// Build with the named cargo profile
-    #[arg(long = "cargo-profile", value_name = "NAME", help_heading = "Compilation options")]
+    #[arg(
+        long = "cargo-profile",
+        value_name = "NAME",
+        help_heading = "Compilation options"
+    )]
     pub profile: Option<String>,
     /// Directory for all generated artifacts
     #[arg(long, value_name = "DIR", help_heading = "Compilation options")]
@@ -84,7 +98,12 @@ impl BuildArgs {
             (self.offline, "--offline"),
             (self.frozen, "--frozen"),
         ];
-        args.extend(flags.iter().filter(|(on, _)| *on).map(|(_, f)| f.to_string()));
+        args.extend(
+            flags
+                .iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, f)| f.to_string()),
+        );
         for e in &self.exclude {
             args.extend(["--exclude".into(), e.clone()]);
         }
@@ -111,7 +130,10 @@ impl BuildArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     #[error("failed to run `{command}`: {source}")]
-    Spawn { command: String, source: std::io::Error },
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
     #[error("`cargo metadata` failed: {0}")]
     Metadata(#[from] cargo_metadata::Error),
     #[error("build failed: `cargo test --no-run` exited with {status}")]
@@ -121,7 +143,11 @@ pub enum PlanError {
          hint: a binary with `harness = false` must accept libtest's \
          `--list --format terse` (libtest-mimic does)"
     )]
-    List { binary: String, path: PathBuf, detail: String },
+    List {
+        binary: String,
+        path: PathBuf,
+        detail: String,
+    },
 }
 
 /// One test binary built by cargo.
@@ -164,7 +190,7 @@ impl TestCase {
     }
 }
 
-/// What cargo built and where.
+/// The test binaries cargo built, and the workspace and target directory.
 #[derive(Debug)]
 pub struct Build {
     pub binaries: Vec<TestBinary>,
@@ -192,8 +218,16 @@ pub fn workspace_metadata(args: &BuildArgs) -> Result<Metadata, PlanError> {
     if let Some(m) = &args.manifest_path {
         metadata_command.manifest_path(m);
     }
-    let flags = [(args.locked, "--locked"), (args.offline, "--offline"), (args.frozen, "--frozen")];
-    let other: Vec<String> = flags.iter().filter(|(on, _)| *on).map(|(_, f)| f.to_string()).collect();
+    let flags = [
+        (args.locked, "--locked"),
+        (args.offline, "--offline"),
+        (args.frozen, "--frozen"),
+    ];
+    let other: Vec<String> = flags
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, f)| f.to_string())
+        .collect();
     metadata_command.other_options(other);
     Ok(metadata_command.exec()?)
 }
@@ -210,7 +244,11 @@ pub fn build(args: &BuildArgs, metadata: Metadata) -> Result<Build, PlanError> {
 
     let mut command = Command::new(cargo_program());
     command
-        .args(["test", "--no-run", "--message-format=json-render-diagnostics"])
+        .args([
+            "test",
+            "--no-run",
+            "--message-format=json-render-diagnostics",
+        ])
         .args(args.cargo_args())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -222,8 +260,12 @@ pub fn build(args: &BuildArgs, metadata: Metadata) -> Result<Build, PlanError> {
     let mut tests = Vec::new();
     let mut bins_by_package: HashMap<String, Vec<(String, PathBuf)>> = HashMap::new();
     for message in Message::parse_stream(BufReader::new(stdout)).flatten() {
-        let Message::CompilerArtifact(artifact) = message else { continue };
-        let Some(executable) = artifact.executable.clone() else { continue };
+        let Message::CompilerArtifact(artifact) = message else {
+            continue;
+        };
+        let Some(executable) = artifact.executable.clone() else {
+            continue;
+        };
         if artifact.profile.test {
             tests.push(artifact);
         } else if artifact.target.kind.contains(&TargetKind::Bin) {
@@ -244,15 +286,43 @@ pub fn build(args: &BuildArgs, metadata: Metadata) -> Result<Build, PlanError> {
     let toolchain = Toolchain::current();
     let mut binaries = Vec::new();
     for artifact in tests {
-        let Some(package) = metadata.packages.iter().find(|p| p.id == artifact.package_id) else {
+        let Some(package) = metadata
+            .packages
+            .iter()
+            .find(|p| p.id == artifact.package_id)
+        else {
             continue;
         };
-        let kind = artifact.target.kind.first().map(|k| k.to_string()).unwrap_or_default();
+        let kind = artifact
+            .target
+            .kind
+            .first()
+            .map(|k| k.to_string())
+            .unwrap_or_default();
         let id = binary_id(&package.name, &artifact.target.name, &kind);
-        let path = artifact.executable.clone().expect("filtered above").into_std_path_buf();
-        let bins = bins_by_package.get(&artifact.package_id.repr).cloned().unwrap_or_default();
-        let env = runtime_env(package, &artifact.target.name, &path, &bins, &target_dir, toolchain);
-        let cwd = package.manifest_path.parent().expect("manifest has a directory").as_std_path().to_path_buf();
+        let path = artifact
+            .executable
+            .clone()
+            .expect("filtered above")
+            .into_std_path_buf();
+        let bins = bins_by_package
+            .get(&artifact.package_id.repr)
+            .cloned()
+            .unwrap_or_default();
+        let env = runtime_env(
+            package,
+            &artifact.target.name,
+            &path,
+            &bins,
+            &target_dir,
+            toolchain,
+        );
+        let cwd = package
+            .manifest_path
+            .parent()
+            .expect("manifest has a directory")
+            .as_std_path()
+            .to_path_buf();
         let harness = !no_harness_targets(package).contains(&artifact.target.name);
         binaries.push(TestBinary {
             id,
@@ -272,15 +342,23 @@ pub fn build(args: &BuildArgs, metadata: Metadata) -> Result<Build, PlanError> {
     }
     binaries.sort_by(|a, b| a.id.cmp(&b.id));
     binaries.dedup_by(|a, b| a.path == b.path);
-    Ok(Build { binaries, workspace_root: metadata.workspace_root.into_std_path_buf(), target_dir })
+    Ok(Build {
+        binaries,
+        workspace_root: metadata.workspace_root.into_std_path_buf(),
+        target_dir,
+    })
 }
 
 /// Returns the names of the package's targets with `harness = false`.
 /// cargo's metadata leaves the flag out, so it comes from the manifest: a
-/// `[lib]` table is named after the package unless it says otherwise.
+/// `[lib]` table is named after the package unless it sets `name`.
 fn no_harness_targets(package: &Package) -> Vec<String> {
-    let Ok(text) = std::fs::read_to_string(&package.manifest_path) else { return Vec::new() };
-    let Ok(manifest) = text.parse::<toml::Table>() else { return Vec::new() };
+    let Ok(text) = std::fs::read_to_string(&package.manifest_path) else {
+        return Vec::new();
+    };
+    let Ok(manifest) = text.parse::<toml::Table>() else {
+        return Vec::new();
+    };
     let mut names = Vec::new();
     let no_harness = |t: &toml::Value| t.get("harness").and_then(|h| h.as_bool()) == Some(false);
     if let Some(lib) = manifest.get("lib").filter(|l| no_harness(l)) {
@@ -288,7 +366,9 @@ fn no_harness_targets(package: &Package) -> Vec<String> {
         names.push(name.unwrap_or_else(|| package.name.replace('-', "_")));
     }
     for section in ["bin", "test", "bench", "example"] {
-        let Some(targets) = manifest.get(section).and_then(|t| t.as_array()) else { continue };
+        let Some(targets) = manifest.get(section).and_then(|t| t.as_array()) else {
+            continue;
+        };
         for target in targets.iter().filter(|t| no_harness(t)) {
             if let Some(name) = target.get("name").and_then(|n| n.as_str()) {
                 names.push(name.to_string());
@@ -352,9 +432,18 @@ impl Toolchain {
         let name = std::env::var("RUSTUP_TOOLCHAIN").ok().or_else(|| {
             let sysroot = sysroot.as_ref()?;
             let toolchains = rustup_home.as_ref()?.join("toolchains");
-            sysroot.strip_prefix(&toolchains).ok()?.to_str().map(str::to_string)
+            sysroot
+                .strip_prefix(&toolchains)
+                .ok()?
+                .to_str()
+                .map(str::to_string)
         });
-        Toolchain { sysroot, rustup_home, cargo_home, name }
+        Toolchain {
+            sysroot,
+            rustup_home,
+            cargo_home,
+            name,
+        }
     }
 }
 
@@ -371,10 +460,16 @@ fn runtime_env(
     let mut set = |k: &str, v: OsString| {
         env.insert(k.to_string(), v);
     };
-    let manifest_dir = package.manifest_path.parent().expect("manifest has a directory");
+    let manifest_dir = package
+        .manifest_path
+        .parent()
+        .expect("manifest has a directory");
     set("CARGO", cargo_program());
     set("CARGO_MANIFEST_DIR", manifest_dir.as_os_str().into());
-    set("CARGO_MANIFEST_PATH", package.manifest_path.as_os_str().into());
+    set(
+        "CARGO_MANIFEST_PATH",
+        package.manifest_path.as_os_str().into(),
+    );
     set("CARGO_PKG_NAME", package.name.to_string().into());
     set("CARGO_CRATE_NAME", target.replace('-', "_").into());
     let version = &package.version;
@@ -391,15 +486,27 @@ fn runtime_env(
     set("CARGO_PKG_LICENSE", optional(&package.license));
     set(
         "CARGO_PKG_LICENSE_FILE",
-        package.license_file.as_ref().map(|p| p.as_os_str().into()).unwrap_or_default(),
+        package
+            .license_file
+            .as_ref()
+            .map(|p| p.as_os_str().into())
+            .unwrap_or_default(),
     );
     set(
         "CARGO_PKG_RUST_VERSION",
-        package.rust_version.as_ref().map(|v| v.to_string().into()).unwrap_or_default(),
+        package
+            .rust_version
+            .as_ref()
+            .map(|v| v.to_string().into())
+            .unwrap_or_default(),
     );
     set(
         "CARGO_PKG_README",
-        package.readme.as_ref().map(|p| p.as_os_str().into()).unwrap_or_default(),
+        package
+            .readme
+            .as_ref()
+            .map(|p| p.as_os_str().into())
+            .unwrap_or_default(),
     );
     set("CARGO_TARGET_TMPDIR", target_dir.join("tmp").into());
     for (name, path) in bins {
@@ -453,7 +560,8 @@ impl Filter {
 
     /// Returns whether a test is selected by name.
     pub fn selects(&self, name: &str) -> bool {
-        let wanted = self.patterns.is_empty() || self.patterns.iter().any(|p| self.matches(p, name));
+        let wanted =
+            self.patterns.is_empty() || self.patterns.iter().any(|p| self.matches(p, name));
         wanted && !self.skip.iter().any(|s| self.matches(s, name))
     }
 
@@ -469,7 +577,7 @@ impl Filter {
     }
 }
 
-/// What a listing command printed: its exit code (`None` when a signal
+/// The output of a listing command: its exit code (`None` when a signal
 /// ended it), stdout and stderr.
 pub struct ListOutput {
     pub code: Option<i32>,
@@ -485,13 +593,24 @@ pub type Lister<'a> = dyn Fn(&TestBinary, &[&str]) -> Result<ListOutput, String>
 /// Lists the tests of every binary, `jobs` binaries at a time, and applies
 /// the filter. Tests a filter deselects are left out; ignored tests that
 /// do not run are kept with `run: false`, so they are reported as ignored.
-pub fn list(binaries: Vec<TestBinary>, filter: &Filter, jobs: usize, lister: &Lister) -> Result<Vec<TestCase>, PlanError> {
+pub fn list(
+    binaries: Vec<TestBinary>,
+    filter: &Filter,
+    jobs: usize,
+    lister: &Lister,
+) -> Result<Vec<TestCase>, PlanError> {
     let binaries: Vec<Arc<TestBinary>> = binaries.into_iter().map(Arc::new).collect();
     let mut listed: Vec<Result<Vec<TestCase>, PlanError>> = Vec::new();
     for chunk in binaries.chunks(jobs.max(1)) {
         let results: Vec<_> = std::thread::scope(|scope| {
-            let handles: Vec<_> = chunk.iter().map(|b| scope.spawn(|| list_binary(b, lister))).collect();
-            handles.into_iter().map(|h| h.join().expect("listing thread panicked")).collect()
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|b| scope.spawn(|| list_binary(b, lister)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("listing thread panicked"))
+                .collect()
         });
         listed.extend(results);
     }
@@ -524,7 +643,10 @@ fn list_binary(binary: &Arc<TestBinary>, lister: &Lister) -> Result<Vec<TestCase
     // Both listings at once: each runs in a container of its own.
     let (all, ignored) = std::thread::scope(|scope| {
         let ignored = scope.spawn(|| run_list(binary, true, lister));
-        (run_list(binary, false, lister), ignored.join().expect("listing thread panicked"))
+        (
+            run_list(binary, false, lister),
+            ignored.join().expect("listing thread panicked"),
+        )
     });
     if !binary.harness {
         // A custom harness that speaks libtest's listing format (as
@@ -533,7 +655,13 @@ fn list_binary(binary: &Arc<TestBinary>, lister: &Lister) -> Result<Vec<TestCase
         return match all {
             Ok(Some(names)) if !names.is_empty() => {
                 let ignored = ignored?.unwrap_or_default();
-                Ok(names.into_iter().map(|n| { let i = ignored.contains(&n); test(n, i, false) }).collect())
+                Ok(names
+                    .into_iter()
+                    .map(|n| {
+                        let i = ignored.contains(&n);
+                        test(n, i, false)
+                    })
+                    .collect())
             }
             _ => Ok(vec![test(binary.target.clone(), false, true)]),
         };
@@ -546,18 +674,32 @@ fn list_binary(binary: &Arc<TestBinary>, lister: &Lister) -> Result<Vec<TestCase
         });
     };
     let ignored = ignored?.unwrap_or_default();
-    Ok(all.into_iter().map(|name| { let i = ignored.contains(&name); test(name, i, false) }).collect())
+    Ok(all
+        .into_iter()
+        .map(|name| {
+            let i = ignored.contains(&name);
+            test(name, i, false)
+        })
+        .collect())
 }
 
 /// Runs `BINARY --list --format terse [--ignored]` and parses
 /// `name: test` lines. Returns `None` when the output has lines in another
 /// format, as a binary that ignores its arguments prints.
-fn run_list(binary: &TestBinary, ignored: bool, lister: &Lister) -> Result<Option<Vec<String>>, PlanError> {
+fn run_list(
+    binary: &TestBinary,
+    ignored: bool,
+    lister: &Lister,
+) -> Result<Option<Vec<String>>, PlanError> {
     let mut args = vec!["--list", "--format", "terse"];
     if ignored {
         args.push("--ignored");
     }
-    let error = |detail: String| PlanError::List { binary: binary.id.clone(), path: binary.path.clone(), detail };
+    let error = |detail: String| PlanError::List {
+        binary: binary.id.clone(),
+        path: binary.path.clone(),
+        detail,
+    };
     let output = lister(binary, &args).map_err(error)?;
     if output.code != Some(0) {
         let mut detail = match output.code {
@@ -594,7 +736,9 @@ pub fn host_lister(binary: &TestBinary, args: &[&str]) -> Result<ListOutput, Str
         .output()
         .map_err(|e| e.to_string())?;
     let mut stdout = String::new();
-    BufReader::new(&output.stdout[..]).read_to_string(&mut stdout).ok();
+    BufReader::new(&output.stdout[..])
+        .read_to_string(&mut stdout)
+        .ok();
     Ok(ListOutput {
         code: output.status.code(),
         stdout,
@@ -608,7 +752,11 @@ mod tests {
 
     #[test]
     fn filter_substring_and_skip() {
-        let filter = Filter { patterns: vec!["net".into()], skip: vec!["slow".into()], ..Filter::default() };
+        let filter = Filter {
+            patterns: vec!["net".into()],
+            skip: vec!["slow".into()],
+            ..Filter::default()
+        };
         assert!(filter.selects("net::bind"));
         assert!(!filter.selects("net::slow_bind"));
         assert!(!filter.selects("fs::write"));
@@ -616,7 +764,11 @@ mod tests {
 
     #[test]
     fn filter_exact_matches_whole_name() {
-        let filter = Filter { patterns: vec!["net".into()], exact: true, ..Filter::default() };
+        let filter = Filter {
+            patterns: vec!["net".into()],
+            exact: true,
+            ..Filter::default()
+        };
         assert!(filter.selects("net"));
         assert!(!filter.selects("net::bind"));
     }
@@ -626,10 +778,16 @@ mod tests {
         let default = Filter::default();
         assert!(default.runs(false));
         assert!(!default.runs(true));
-        let only = Filter { ignored: true, ..Filter::default() };
+        let only = Filter {
+            ignored: true,
+            ..Filter::default()
+        };
         assert!(!only.runs(false));
         assert!(only.runs(true));
-        let both = Filter { include_ignored: true, ..Filter::default() };
+        let both = Filter {
+            include_ignored: true,
+            ..Filter::default()
+        };
         assert!(both.runs(false));
         assert!(both.runs(true));
     }

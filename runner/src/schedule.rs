@@ -5,10 +5,10 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
+use crate::container::SetupError;
 use crate::outcome::Outcome;
 use crate::plan::TestCase;
 use crate::report::Reporter;
-use crate::container::SetupError;
 use crate::supervise::{job_results, prepare, Context, Pending, RunOptions, Teardown, TestResult};
 
 /// One unit of work: a test, or the tests of one binary, with its options.
@@ -18,16 +18,31 @@ pub struct Job {
 }
 
 /// Groups runnable tests into jobs: one per test, or one per binary.
-pub fn jobs(tests: &[TestCase], per_binary: bool, mut options_for: impl FnMut(&TestCase) -> Arc<RunOptions>) -> Vec<Job> {
+pub fn jobs(
+    tests: &[TestCase],
+    per_binary: bool,
+    mut options_for: impl FnMut(&TestCase) -> Arc<RunOptions>,
+) -> Vec<Job> {
     let runnable = tests.iter().filter(|t| t.run);
     if !per_binary {
-        return runnable.map(|t| Job { tests: vec![t.clone()], options: options_for(t) }).collect();
+        return runnable
+            .map(|t| Job {
+                tests: vec![t.clone()],
+                options: options_for(t),
+            })
+            .collect();
     }
     let mut jobs: Vec<Job> = Vec::new();
     for test in runnable {
-        match jobs.iter_mut().find(|j| Arc::ptr_eq(&j.tests[0].binary, &test.binary)) {
+        match jobs
+            .iter_mut()
+            .find(|j| Arc::ptr_eq(&j.tests[0].binary, &test.binary))
+        {
             Some(job) => job.tests.push(test.clone()),
-            None => jobs.push(Job { tests: vec![test.clone()], options: options_for(test) }),
+            None => jobs.push(Job {
+                tests: vec![test.clone()],
+                options: options_for(test),
+            }),
         }
     }
     jobs
@@ -51,15 +66,25 @@ pub fn run(
 ) -> Vec<TestResult> {
     let results = Mutex::new(Vec::with_capacity(tests.len()));
     let finish = |result: TestResult| {
-        reporter.lock().unwrap_or_else(|e| e.into_inner()).test_finished(&result);
-        results.lock().unwrap_or_else(|e| e.into_inner()).push(result);
+        reporter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .test_finished(&result);
+        results
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(result);
     };
     if let Some(first) = jobs.first() {
         for test in tests.iter().filter(|t| !t.run) {
             finish(TestResult::not_run(test, Outcome::Ignored, &first.options));
         }
     }
-    let queue = Queue { jobs, next: AtomicUsize::new(0), ids: AtomicU64::new(1) };
+    let queue = Queue {
+        jobs,
+        next: AtomicUsize::new(0),
+        ids: AtomicU64::new(1),
+    };
     std::thread::scope(|scope| {
         let (reaper, teardowns) = mpsc::channel::<Teardown>();
         std::thread::Builder::new()
@@ -94,8 +119,11 @@ struct Queue<'a> {
 }
 
 impl<'a> Queue<'a> {
-    /// Takes the next job and asks for its container.
-    fn take_and_prepare<'z>(&self, ctx: &Context<'z>) -> Option<(&'a Job, Result<Pending<'z>, SetupError>)> {
+    /// Takes the next job and requests its container from the zygote.
+    fn take_and_prepare<'z>(
+        &self,
+        ctx: &Context<'z>,
+    ) -> Option<(&'a Job, Result<Pending<'z>, SetupError>)> {
         let job = self.jobs.get(self.next.fetch_add(1, Ordering::SeqCst))?;
         if ctx.cancel.is_set() {
             return Some((job, Err(cancelled())));
@@ -107,7 +135,12 @@ impl<'a> Queue<'a> {
 
 /// Marks a job that was never started because the run was interrupted.
 fn cancelled() -> SetupError {
-    SetupError { step: "cancelled".into(), path: String::new(), errno: 0, detail: String::new() }
+    SetupError {
+        step: "cancelled".into(),
+        path: String::new(),
+        errno: 0,
+        detail: String::new(),
+    }
 }
 
 fn work<'z>(
@@ -119,7 +152,9 @@ fn work<'z>(
 ) {
     let mut ahead = std::collections::VecDeque::new();
     loop {
-        let Some((job, pending)) = ahead.pop_front().or_else(|| queue.take_and_prepare(ctx)) else { break };
+        let Some((job, pending)) = ahead.pop_front().or_else(|| queue.take_and_prepare(ctx)) else {
+            break;
+        };
         let prepared = match pending.and_then(Pending::ready) {
             Ok(p) if ctx.cancel.is_set() => {
                 let _ = reaper.send(p.discard());
@@ -130,7 +165,11 @@ fn work<'z>(
         let prepared = match prepared {
             Ok(p) => p,
             Err(error) => {
-                let outcome = if error.step == "cancelled" { Outcome::Cancelled } else { Outcome::SetupFailed };
+                let outcome = if error.step == "cancelled" {
+                    Outcome::Cancelled
+                } else {
+                    Outcome::SetupFailed
+                };
                 if outcome == Outcome::SetupFailed {
                     // A container that cannot be built will not build for
                     // the next test either: stop the run.
@@ -147,11 +186,16 @@ fn work<'z>(
             }
         };
         for test in &job.tests {
-            reporter.lock().unwrap_or_else(|e| e.into_inner()).test_started(test);
+            reporter
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .test_started(test);
         }
         let running = prepared.start();
         while ahead.len() < PREPARE_AHEAD {
-            let Some(next) = queue.take_and_prepare(ctx) else { break };
+            let Some(next) = queue.take_and_prepare(ctx) else {
+                break;
+            };
             ahead.push_back(next);
         }
         let (run, teardown) = running.finish(ctx, &job.options);

@@ -14,17 +14,32 @@ use std::time::{Duration, Instant};
 use crate::budget::{BudgetMode, Judgement};
 use crate::cgroup::{Caps, Controller, RunCgroups, TestCgroup};
 use crate::config::Budgets;
-use crate::report::file::{Baseline, Growth};
-use crate::container::{Container, InitReport, PendingSpawn, Pipes, SetupError, Spec, SpawnError, TestExit, Zygote};
+use crate::container::{
+    Container, InitReport, PendingSpawn, Pipes, SetupError, SpawnError, Spec, TestExit, Zygote,
+};
 use crate::outcome::{judge, Ending, Outcome, Usage};
 use crate::plan::{TestBinary, TestCase};
+use crate::report::file::{Baseline, Growth};
 
 /// Host variables a test may see. Everything else (CI secrets, tokens,
 /// `SSH_AUTH_SOCK`) is dropped unless `--env` passes it.
 const PASSED_ENV: &[&str] = &[
-    "PATH", "LANG", "LANGUAGE", "TERM", "TZ", "COLORTERM", "NO_COLOR", "CLICOLOR",
-    "CLICOLOR_FORCE", "RUST_BACKTRACE", "RUST_LIB_BACKTRACE", "RUST_LOG", "RUST_MIN_STACK",
-    "CI", "USER", "LOGNAME",
+    "PATH",
+    "LANG",
+    "LANGUAGE",
+    "TERM",
+    "TZ",
+    "COLORTERM",
+    "NO_COLOR",
+    "CLICOLOR",
+    "CLICOLOR_FORCE",
+    "RUST_BACKTRACE",
+    "RUST_LIB_BACKTRACE",
+    "RUST_LOG",
+    "RUST_MIN_STACK",
+    "CI",
+    "USER",
+    "LOGNAME",
 ];
 
 /// Settings shared by every test of a run.
@@ -60,7 +75,11 @@ pub struct Cancel {
 impl Cancel {
     pub fn new() -> std::io::Result<Cancel> {
         let (read, write) = nix::unistd::pipe()?;
-        Ok(Cancel { flag: AtomicBool::new(false), read, write })
+        Ok(Cancel {
+            flag: AtomicBool::new(false),
+            read,
+            write,
+        })
     }
 
     /// Sets the flag and wakes every supervisor.
@@ -87,7 +106,10 @@ pub struct Captured {
 
 impl Captured {
     pub fn new(limit: usize) -> Captured {
-        Captured { limit, ..Captured::default() }
+        Captured {
+            limit,
+            ..Captured::default()
+        }
     }
 
     pub fn push(&mut self, data: &[u8]) {
@@ -108,7 +130,10 @@ impl Captured {
     pub fn text(&self) -> String {
         let mut out = String::from_utf8_lossy(&self.head).into_owned();
         if self.dropped > 0 {
-            out.push_str(&format!("\n[... {} bytes of output truncated ...]\n", self.dropped));
+            out.push_str(&format!(
+                "\n[... {} bytes of output truncated ...]\n",
+                self.dropped
+            ));
         }
         let (a, b) = self.tail.as_slices();
         out.push_str(&String::from_utf8_lossy(&[a, b].concat()));
@@ -167,7 +192,7 @@ impl TestResult {
 }
 
 impl TestResult {
-    /// A result for a test that was not run.
+    /// Creates the result of a test that did not run.
     pub fn not_run(test: &TestCase, outcome: Outcome, options: &RunOptions) -> TestResult {
         TestResult {
             binary_id: test.binary.id.clone(),
@@ -231,7 +256,8 @@ fn test_env(binary: &TestBinary, options: &RunOptions) -> Vec<(OsString, OsStrin
     env
 }
 
-/// Where one container's time went, from the runner's side and init's.
+/// The time one container spent in each phase, from the runner's side
+/// and init's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct Phases {
     /// Creating the cgroup and writing its caps.
@@ -255,7 +281,7 @@ pub struct Phases {
     pub teardown: Option<Duration>,
 }
 
-/// What one container run produced.
+/// The output, usage and ending of one container run.
 pub struct ContainerRun {
     pub ending: Ending,
     usage: Usage,
@@ -265,10 +291,13 @@ pub struct ContainerRun {
 }
 
 impl ContainerRun {
-    /// A run whose container could not be built.
+    /// Creates the run of a container that could not be built.
     pub fn failed_setup(error: SetupError) -> ContainerRun {
         ContainerRun {
-            ending: Ending { setup_error: Some(error), ..Ending::default() },
+            ending: Ending {
+                setup_error: Some(error),
+                ..Ending::default()
+            },
             usage: Usage::default(),
             stdout: Captured::default(),
             stderr: Captured::default(),
@@ -277,14 +306,19 @@ impl ContainerRun {
     }
 }
 
-/// The arguments that run a job's tests: one test with `--exact NAME
-/// --nocapture`, or a binary's selected tests with libtest's own capture.
+/// Builds the arguments that run a job's tests: one test with `--exact
+/// NAME --nocapture`, or a binary's selected tests with libtest's own
+/// capture.
 fn job_args(tests: &[TestCase]) -> Vec<OsString> {
     if let [test] = tests {
         if test.whole_binary {
             return Vec::new();
         }
-        let mut args: Vec<OsString> = vec!["--exact".into(), test.name.clone().into(), "--nocapture".into()];
+        let mut args: Vec<OsString> = vec![
+            "--exact".into(),
+            test.name.clone().into(),
+            "--nocapture".into(),
+        ];
         if test.ignored {
             args.push("--ignored".into());
         }
@@ -324,10 +358,13 @@ fn binary_results(tests: &[TestCase], run: ContainerRun, options: &RunOptions) -
     let mut verdicts = crate::libtest::parse_output(&run.stdout.text());
     let binary_outcome = judge(&run.ending, &run.usage);
     // The verdict lines are text a test can print itself. A binary that
-    // failed must show a failing test; when its lines claim otherwise, no
-    // line is trusted and every test of the binary counts as failed.
+    // failed must show a failing test. When its lines name none, no line
+    // is trusted, so every test of the binary counts as failed.
     let exited_clean = run.ending.exit == Some(TestExit::Code(0));
-    let names_a_failure = verdicts.results.values().any(|v| *v == crate::libtest::Verdict::Failed);
+    let names_a_failure = verdicts
+        .results
+        .values()
+        .any(|v| *v == crate::libtest::Verdict::Failed);
     if !exited_clean && !names_a_failure {
         verdicts.results.clear();
     }
@@ -341,7 +378,9 @@ fn binary_results(tests: &[TestCase], run: ContainerRun, options: &RunOptions) -
             // No verdict line: the binary died before this test finished,
             // or its output did not match its exit status, so the
             // container's outcome is this test's.
-            None if matches!(binary_outcome, Outcome::Passed | Outcome::Leaked) => result.outcome = Outcome::Failed,
+            None if matches!(binary_outcome, Outcome::Passed | Outcome::Leaked) => {
+                result.outcome = Outcome::Failed
+            }
             None => {}
         }
         if let Some(output) = verdicts.output.get(test.name.as_str()) {
@@ -366,7 +405,11 @@ fn binary_results(tests: &[TestCase], run: ContainerRun, options: &RunOptions) -
     results
 }
 
-fn create_cgroup(ctx: &Context, options: &RunOptions, id: u64) -> Result<Option<TestCgroup>, SetupError> {
+fn create_cgroup(
+    ctx: &Context,
+    options: &RunOptions,
+    id: u64,
+) -> Result<Option<TestCgroup>, SetupError> {
     ctx.cgroups
         .map(|c| c.create_test(&format!("t{id}"), &options.caps))
         .transpose()
@@ -418,7 +461,12 @@ pub struct Pending<'a> {
 /// Asks for the container of a job: its cgroup, its namespaces and its
 /// root filesystem. Returns at once; `Pending::ready` waits for it. Init
 /// then waits for `Prepared::start` to start the test.
-pub fn prepare<'a>(ctx: &Context<'a>, tests: &[TestCase], options: &RunOptions, id: u64) -> Result<Pending<'a>, SetupError> {
+pub fn prepare<'a>(
+    ctx: &Context<'a>,
+    tests: &[TestCase],
+    options: &RunOptions,
+    id: u64,
+) -> Result<Pending<'a>, SetupError> {
     let started = Instant::now();
     let binary = &tests[0].binary;
     let mut phases = Phases::default();
@@ -441,7 +489,12 @@ pub fn prepare<'a>(ctx: &Context<'a>, tests: &[TestCase], options: &RunOptions, 
     };
     let procs = cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default();
     match ctx.zygote.request_spawn(spec, procs) {
-        Ok(spawn) => Ok(Pending { spawn, cgroup, phases, started }),
+        Ok(spawn) => Ok(Pending {
+            spawn,
+            cgroup,
+            phases,
+            started,
+        }),
         Err(err) => {
             if let Some(c) = &cgroup {
                 c.remove();
@@ -451,7 +504,7 @@ pub fn prepare<'a>(ctx: &Context<'a>, tests: &[TestCase], options: &RunOptions, 
     }
 }
 
-/// Returns the RLIMIT_NPROC that stands in for the pids cap when no pids
+/// Returns the RLIMIT_NPROC that replaces the pids cap when no pids
 /// cgroup is usable. The kernel does not apply it to the host's root, so a
 /// root run without cgroups gets none.
 pub fn nproc_limit(ctx: &Context, options: &RunOptions) -> Option<u64> {
@@ -478,12 +531,23 @@ fn spawn_error(err: SpawnError) -> SetupError {
 impl<'a> Pending<'a> {
     /// Waits until the zygote has the container running at its start gate.
     pub fn ready(self) -> Result<Prepared<'a>, SetupError> {
-        let Pending { spawn, cgroup, mut phases, started } = self;
+        let Pending {
+            spawn,
+            cgroup,
+            mut phases,
+            started,
+        } = self;
         let asked = started + phases.cgroup.unwrap_or_default();
         match spawn.wait() {
             Ok((container, pipes)) => {
                 phases.spawn = Some(asked.elapsed());
-                Ok(Prepared { container, pipes, cgroup, phases, started })
+                Ok(Prepared {
+                    container,
+                    pipes,
+                    cgroup,
+                    phases,
+                    started,
+                })
             }
             Err(err) => {
                 if let Some(c) = &cgroup {
@@ -501,14 +565,20 @@ impl<'a> Prepared<'a> {
         if let Some(start) = self.pipes.start.take() {
             let _ = nix::unistd::write(&start, b"1");
         }
-        Running { prepared: self, started: Instant::now() }
+        Running {
+            prepared: self,
+            started: Instant::now(),
+        }
     }
 
-    /// Gives up the container without running its test: init sees end of
+    /// Gives up the container without running its test: init reads end of
     /// file on its start pipe and exits.
     pub fn discard(mut self) -> Teardown<'a> {
         self.pipes.start.take();
-        Teardown { container: self.container, cgroup: self.cgroup }
+        Teardown {
+            container: self.container,
+            cgroup: self.cgroup,
+        }
     }
 }
 
@@ -521,9 +591,19 @@ pub struct Running<'a> {
 impl<'a> Running<'a> {
     /// Supervises the test to its end and collects output and usage. The
     /// cleanup that can wait comes back as a `Teardown`.
-    pub fn finish(self, ctx: &Context, options: &RunOptions) -> (ContainerRun, Option<Teardown<'a>>) {
+    pub fn finish(
+        self,
+        ctx: &Context,
+        options: &RunOptions,
+    ) -> (ContainerRun, Option<Teardown<'a>>) {
         let Running { prepared, started } = self;
-        let Prepared { container, pipes, cgroup, mut phases, started: prepared_at } = prepared;
+        let Prepared {
+            container,
+            pipes,
+            cgroup,
+            mut phases,
+            started: prepared_at,
+        } = prepared;
         let mut watch = Watch::new(started + options.timeout, options.kill_grace);
         let mut stdout = Captured::new(options.max_output);
         let mut stderr = Captured::new(options.max_output);
@@ -536,12 +616,20 @@ impl<'a> Running<'a> {
         pump(streams, &mut watch, ctx, &container, cgroup.as_ref());
         let ended = Instant::now();
 
-        let mut ending = Ending { timed_out: watch.timed_out, cancelled: watch.cancelled, ..Ending::default() };
+        let mut ending = Ending {
+            timed_out: watch.timed_out,
+            cancelled: watch.cancelled,
+            ..Ending::default()
+        };
         let mut usage = Usage::default();
         let mut setup_steps = Vec::new();
         for line in report.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             match serde_json::from_slice::<InitReport>(line) {
-                Ok(InitReport::Exited { exit, leaked, timings }) => {
+                Ok(InitReport::Exited {
+                    exit,
+                    leaked,
+                    timings,
+                }) => {
                     ending.exit = Some(exit);
                     usage.leaked = Some(leaked);
                     usage.wall_time = Some(Duration::from_micros(timings.test_us));
@@ -558,7 +646,8 @@ impl<'a> Running<'a> {
         // process of the container, so the cgroup's figures are final. What
         // only wait4 gives (init's own status, rusage) is needed when init
         // sent no report or when no cgroup measured CPU time.
-        let need_wait4 = ending.exit.is_none() || cgroup.as_ref().is_none_or(|c| !c.has(Controller::Cpuacct));
+        let need_wait4 =
+            ending.exit.is_none() || cgroup.as_ref().is_none_or(|c| !c.has(Controller::Cpuacct));
         let cgroup_usage = cgroup.as_ref().map(|c| c.usage());
         let mut teardown = Some(Teardown { container, cgroup });
         let mut init_exit = None;
@@ -573,7 +662,11 @@ impl<'a> Running<'a> {
             }
         }
         let combined = Usage::combine(cgroup_usage, init_exit.map(|e| e.rusage));
-        usage = Usage { leaked: usage.leaked, wall_time: usage.wall_time, ..combined };
+        usage = Usage {
+            leaked: usage.leaked,
+            wall_time: usage.wall_time,
+            ..combined
+        };
         if ending.exit.is_none() && ending.setup_error.is_none() {
             // Init died without a report: killed by the timeout, from outside,
             // or by the OOM killer. Its own status is all there is.
@@ -586,7 +679,16 @@ impl<'a> Running<'a> {
         phases.teardown = Some(ended.elapsed());
         usage.container_time = Some(prepared_at.elapsed());
         usage.phases = Some(phases);
-        (ContainerRun { ending, usage, stdout, stderr, setup_steps }, teardown)
+        (
+            ContainerRun {
+                ending,
+                usage,
+                stdout,
+                stderr,
+                setup_steps,
+            },
+            teardown,
+        )
     }
 }
 
@@ -630,7 +732,10 @@ pub fn capture(
             if cancel.is_set() {
                 return Err("the run was interrupted".into());
             }
-            return Err(format!("listing did not finish within {}", humantime::format_duration(timeout)));
+            return Err(format!(
+                "listing did not finish within {}",
+                humantime::format_duration(timeout)
+            ));
         }
         let mut polls: Vec<PollFd> = Vec::new();
         let mut indices = Vec::new();
@@ -671,10 +776,17 @@ pub fn capture(
     let mut code = None;
     for line in outputs[2].split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         match serde_json::from_slice::<InitReport>(line) {
-            Ok(InitReport::Exited { exit: TestExit::Code(c), .. }) => code = Some(c),
+            Ok(InitReport::Exited {
+                exit: TestExit::Code(c),
+                ..
+            }) => code = Some(c),
             Ok(InitReport::Exited { .. }) => {}
             Ok(InitReport::Setup { error }) => return Err(error.to_string()),
-            Err(err) => return Err(format!("unreadable report from the container's init: {err}")),
+            Err(err) => {
+                return Err(format!(
+                    "unreadable report from the container's init: {err}"
+                ))
+            }
         }
     }
     Ok(crate::plan::ListOutput {
@@ -685,7 +797,9 @@ pub fn capture(
 }
 
 fn ctx_free_spawn(zygote: &Zygote, spec: Spec) -> Result<(Container<'_>, Pipes), String> {
-    zygote.spawn(spec, Vec::new()).map_err(|e| spawn_error(e).to_string())
+    zygote
+        .spawn(spec, Vec::new())
+        .map_err(|e| spawn_error(e).to_string())
 }
 
 /// The timeout and cancellation state of one container.
@@ -700,7 +814,14 @@ struct Watch {
 
 impl Watch {
     fn new(deadline: Instant, grace: Duration) -> Watch {
-        Watch { deadline, grace, kill_at: None, killed_at: None, timed_out: false, cancelled: false }
+        Watch {
+            deadline,
+            grace,
+            kill_at: None,
+            killed_at: None,
+            timed_out: false,
+            cancelled: false,
+        }
     }
 
     /// Sends SIGTERM at the deadline or on cancellation, SIGKILL to the
@@ -727,14 +848,21 @@ impl Watch {
         }
         // Everything in the container is dead five seconds after SIGKILL,
         // so nothing can hold the pipes any more.
-        !self.killed_at.is_some_and(|at| now >= at + Duration::from_secs(5))
+        !self
+            .killed_at
+            .is_some_and(|at| now >= at + Duration::from_secs(5))
     }
 
     /// Returns the poll timeout until the next deadline, in milliseconds.
     fn poll_ms(&self) -> i32 {
         let now = Instant::now();
-        let next = [Some(self.deadline), self.kill_at].into_iter().flatten().filter(|t| *t > now).min();
-        next.map(|t| (t - now).as_millis().min(1000) as i32 + 1).unwrap_or(1000)
+        let next = [Some(self.deadline), self.kill_at]
+            .into_iter()
+            .flatten()
+            .filter(|t| *t > now)
+            .min();
+        next.map(|t| (t - now).as_millis().min(1000) as i32 + 1)
+            .unwrap_or(1000)
     }
 }
 
@@ -806,7 +934,10 @@ mod tests {
         let mut c = Captured::new(10);
         c.push(b"0123456789abcdefghij");
         assert_eq!(c.dropped(), 10);
-        assert_eq!(c.text(), "01234\n[... 10 bytes of output truncated ...]\nfghij");
+        assert_eq!(
+            c.text(),
+            "01234\n[... 10 bytes of output truncated ...]\nfghij"
+        );
     }
 
     #[test]

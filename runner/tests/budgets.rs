@@ -8,7 +8,10 @@ use std::process::Command;
 use serde_json::Value;
 
 fn example_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/budgets").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/budgets")
+        .canonicalize()
+        .unwrap()
 }
 
 struct Run {
@@ -26,7 +29,9 @@ impl Run {
     }
 
     fn has_cgroups(&self) -> bool {
-        self.events.iter().any(|e| e["event"] == "run-started" && e["cgroups"] != "none")
+        self.events
+            .iter()
+            .any(|e| e["event"] == "run-started" && e["cgroups"] != "none")
     }
 }
 
@@ -41,7 +46,10 @@ fn run_in(dir: &Path, args: &[&str]) -> Run {
     let stdout = String::from_utf8_lossy(&output.stdout);
     Run {
         code: output.status.code().unwrap_or(-1),
-        events: stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect(),
+        events: stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
@@ -97,11 +105,28 @@ fn warn_mode_reports_without_failing() {
 
 #[test]
 fn config_profile_and_flags_resolve() {
-    let run = run_in(&example_dir(), &["--config-profile", "ci", "--memory", "256MiB", "within_budget"]);
+    let run = run_in(
+        &example_dir(),
+        &[
+            "--config-profile",
+            "ci",
+            "--memory",
+            "256MiB",
+            "within_budget",
+        ],
+    );
     let result = run.result("within_budget");
     assert_eq!(result["timeout"], 10.0, "the ci profile sets 10s");
-    assert_eq!(result["caps"]["memory"], 256u64 << 20, "the flag wins over the file");
-    assert_eq!(result["budgets"]["memory"], 64u64 << 20, "ci inherits the default budgets");
+    assert_eq!(
+        result["caps"]["memory"],
+        256u64 << 20,
+        "the flag wins over the file"
+    );
+    assert_eq!(
+        result["budgets"]["memory"],
+        64u64 << 20,
+        "ci inherits the default budgets"
+    );
 }
 
 #[test]
@@ -114,7 +139,10 @@ fn report_validates_against_schema() {
     let schema_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/report-schema.json");
     let schema: Value = serde_json::from_str(&fs::read_to_string(schema_path).unwrap()).unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();
-    let errors: Vec<String> = validator.iter_errors(&report).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    let errors: Vec<String> = validator
+        .iter_errors(&report)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
     assert!(errors.is_empty(), "{errors:#?}");
     // Without cgroups the memory budget is unchecked, so one fewer fails.
     let over = if run.has_cgroups() { 2 } else { 1 };
@@ -129,7 +157,12 @@ fn report_validates_against_schema() {
         k.sort();
         k
     };
-    let in_report = report["tests"].as_array().unwrap().iter().find(|t| t["name"] == "within_budget").unwrap();
+    let in_report = report["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "within_budget")
+        .unwrap();
     assert_eq!(keys(event), keys(in_report));
 }
 
@@ -150,15 +183,29 @@ fn junit_is_valid_xml_with_usage() {
         .descendants()
         .find(|n| n.has_tag_name("testcase") && n.attribute("name") == Some("over_cpu_budget"))
         .unwrap();
-    let failure = case.children().find(|n| n.has_tag_name("failure")).expect("a failure element");
-    assert!(failure.attribute("message").unwrap().contains("CPU time"), "{failure:?}");
+    let failure = case
+        .children()
+        .find(|n| n.has_tag_name("failure"))
+        .expect("a failure element");
+    assert!(
+        failure.attribute("message").unwrap().contains("CPU time"),
+        "{failure:?}"
+    );
     let names: Vec<&str> = case
         .descendants()
         .filter(|n| n.has_tag_name("property"))
         .filter_map(|n| n.attribute("name"))
         .collect();
-    for expected in ["wall-time-seconds", "cpu-user-seconds", "memory-peak-bytes", "budget-cpu-time-seconds"] {
-        assert!(names.contains(&expected), "{expected} missing from {names:?}");
+    for expected in [
+        "wall-time-seconds",
+        "cpu-user-seconds",
+        "memory-peak-bytes",
+        "budget-cpu-time-seconds",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
     }
 }
 
@@ -166,7 +213,10 @@ fn junit_is_valid_xml_with_usage() {
 fn baseline_flags_growth() {
     let dir = tempfile::tempdir().unwrap();
     let first = dir.path().join("first.json");
-    run_in(&example_dir(), &["--budgets", "warn", "--report", first.to_str().unwrap()]);
+    run_in(
+        &example_dir(),
+        &["--budgets", "warn", "--report", first.to_str().unwrap()],
+    );
     // Pretend the earlier run used a quarter of the memory and time.
     let mut report: Value = serde_json::from_str(&fs::read_to_string(&first).unwrap()).unwrap();
     for test in report["tests"].as_array_mut().unwrap() {
@@ -178,11 +228,23 @@ fn baseline_flags_growth() {
     }
     let baseline = dir.path().join("baseline.json");
     fs::write(&baseline, serde_json::to_string(&report).unwrap()).unwrap();
-    let args = ["--budgets", "warn", "--baseline", baseline.to_str().unwrap()];
+    let args = [
+        "--budgets",
+        "warn",
+        "--baseline",
+        baseline.to_str().unwrap(),
+    ];
     let run = run_in(&example_dir(), &args);
     assert_eq!(run.code, 0, "growth alone does not fail: {}", run.stderr);
     let grown = &run.result("over_cpu_budget")["baseline_growth"];
-    assert!(grown.as_array().unwrap().iter().any(|g| g["figure"] == "CPU time"), "{grown}");
+    assert!(
+        grown
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["figure"] == "CPU time"),
+        "{grown}"
+    );
     let failing = run_in(&example_dir(), &[&args[..], &["--fail-on-growth"]].concat());
     assert_eq!(failing.code, 100, "{}", failing.stderr);
 }
@@ -193,12 +255,26 @@ fn suggested_budgets_load_as_config() {
     let report = dir.path().join("report.json");
     run_in(dir.path(), &["--report", report.to_str().unwrap()]);
     let output = Command::new(env!("CARGO_BIN_EXE_cargo-sandbox-test"))
-        .args(["budgets", "suggest", "--from", report.to_str().unwrap(), "--headroom", "50%"])
+        .args([
+            "budgets",
+            "suggest",
+            "--from",
+            report.to_str().unwrap(),
+            "--headroom",
+            "50%",
+        ])
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let suggested = String::from_utf8(output.stdout).unwrap();
-    assert!(suggested.contains("test = \"over_cpu_budget\""), "{suggested}");
+    assert!(
+        suggested.contains("test = \"over_cpu_budget\""),
+        "{suggested}"
+    );
     fs::write(dir.path().join("sandbox-test.toml"), &suggested).unwrap();
     let run = run_in(dir.path(), &["--budgets", "warn"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -207,12 +283,19 @@ fn suggested_budgets_load_as_config() {
 #[test]
 fn broken_config_names_file_line_and_key() {
     let dir = copy_example();
-    fs::write(dir.path().join("sandbox-test.toml"), "[profile.default]\ntimeout = \"30s\"\nmemroy = \"1GiB\"\n").unwrap();
+    fs::write(
+        dir.path().join("sandbox-test.toml"),
+        "[profile.default]\ntimeout = \"30s\"\nmemroy = \"1GiB\"\n",
+    )
+    .unwrap();
     let run = run_in(dir.path(), &[]);
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("sandbox-test.toml:3"), "{}", run.stderr);
     assert!(run.stderr.contains("memroy"), "{}", run.stderr);
-    assert!(run.events.iter().all(|e| e["event"] != "test-finished"), "a test ran");
+    assert!(
+        run.events.iter().all(|e| e["event"] != "test-finished"),
+        "a test ran"
+    );
 }
 
 #[test]
@@ -226,10 +309,22 @@ fn unknown_profile_is_a_usage_error() {
 #[test]
 fn budgets_without_cgroups_are_unchecked() {
     let run = run_in(&example_dir(), &["--no-cgroups"]);
-    assert_eq!(run.code, 100, "the CPU budget is still checked: {}", run.stderr);
+    assert_eq!(
+        run.code, 100,
+        "the CPU budget is still checked: {}",
+        run.stderr
+    );
     let memory = run.result("over_memory_budget");
-    assert_eq!(memory["outcome"], "passed", "an unchecked budget is not a breach");
-    let unchecked: Vec<&str> = memory["budgets_unchecked"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+    assert_eq!(
+        memory["outcome"], "passed",
+        "an unchecked budget is not a breach"
+    );
+    let unchecked: Vec<&str> = memory["budgets_unchecked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
     assert_eq!(unchecked, ["memory", "tasks"]);
     assert_eq!(run.result("over_cpu_budget")["outcome"], "over-budget");
     assert!(run.stderr.is_empty() || !run.stderr.contains("within_budget: memory"));

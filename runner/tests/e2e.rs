@@ -17,7 +17,10 @@ fn runner() -> Command {
 }
 
 fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/misbehave").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/misbehave")
+        .canonicalize()
+        .unwrap()
 }
 
 /// The parsed JSON events of one run.
@@ -56,9 +59,11 @@ impl Run {
         self.result(name)["outcome"].as_str().unwrap()
     }
 
-    /// Returns whether the run had cgroups: the start event says so.
+    /// Returns whether the run had cgroups, from its start event.
     fn has_cgroups(&self) -> bool {
-        self.events.iter().any(|e| e["event"] == "run-started" && e["cgroups"] != "none")
+        self.events
+            .iter()
+            .any(|e| e["event"] == "run-started" && e["cgroups"] != "none")
     }
 }
 
@@ -89,7 +94,9 @@ fn skip_without_cgroups(run: &Run, what: &str) -> bool {
 fn host_processes_with(marker: &str) -> Vec<String> {
     let mut found = Vec::new();
     for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         if text.contains(marker) && !text.contains("cargo-sandbox-test") {
             found.push(text);
@@ -144,7 +151,13 @@ fn usage_is_reported_per_test() {
 #[test]
 fn hung_tests_time_out() {
     let run = run_fixture(&[
-        "--test", "hang", "--ignored", "--timeout", "1s", "--kill-grace", "500ms",
+        "--test",
+        "hang",
+        "--ignored",
+        "--timeout",
+        "1s",
+        "--kill-grace",
+        "500ms",
     ]);
     assert_eq!(run.code, 100, "{}", run.stderr);
     assert_eq!(run.outcome("hangs_forever"), "timed-out");
@@ -158,7 +171,13 @@ fn hung_tests_time_out() {
 
 #[test]
 fn test_is_not_pid_1_for_signals() {
-    let run = run_fixture(&["--test", "hang", "--ignored", "--exact", "sigterm_to_self_kills"]);
+    let run = run_fixture(&[
+        "--test",
+        "hang",
+        "--ignored",
+        "--exact",
+        "sigterm_to_self_kills",
+    ]);
     let result = run.result("sigterm_to_self_kills");
     assert_eq!(result["outcome"], "signaled", "{}", run.stderr);
     assert_eq!(result["exit"]["signal"], 15);
@@ -168,7 +187,13 @@ fn test_is_not_pid_1_for_signals() {
 #[test]
 fn oom_kill_is_named() {
     let run = run_fixture(&[
-        "--test", "memory", "--include-ignored", "--memory", "128MiB", "grows_until_killed", "stays_small",
+        "--test",
+        "memory",
+        "--include-ignored",
+        "--memory",
+        "128MiB",
+        "grows_until_killed",
+        "stays_small",
     ]);
     if skip_without_cgroups(&run, "the OOM check") {
         return;
@@ -182,18 +207,27 @@ fn oom_kill_is_named() {
     let stderr = result["stderr"].as_str().unwrap();
     assert!(stderr.contains("memory: holding 16 MiB"), "{stderr}");
     assert_eq!(run.outcome("stays_small"), "passed");
-    let small = run.result("stays_small")["usage"]["memory_peak"].as_u64().unwrap();
+    let small = run.result("stays_small")["usage"]["memory_peak"]
+        .as_u64()
+        .unwrap();
     assert!(small < 100 << 20, "stays_small peak {small}");
 }
 
 #[test]
 fn short_spike_is_the_peak() {
     let run = run_fixture(&["--test", "memory", "--exact", "spike_of_200_mib_then_idle"]);
-    assert_eq!(run.outcome("spike_of_200_mib_then_idle"), "passed", "{}", run.stderr);
+    assert_eq!(
+        run.outcome("spike_of_200_mib_then_idle"),
+        "passed",
+        "{}",
+        run.stderr
+    );
     if skip_without_cgroups(&run, "the peak memory check") {
         return;
     }
-    let peak = run.result("spike_of_200_mib_then_idle")["usage"]["memory_peak"].as_u64().unwrap() as f64;
+    let peak = run.result("spike_of_200_mib_then_idle")["usage"]["memory_peak"]
+        .as_u64()
+        .unwrap() as f64;
     let expected = (200u64 << 20) as f64;
     assert!(peak >= expected * 0.85, "peak {peak}");
     assert!(peak <= expected * 1.15, "peak {peak}");
@@ -206,14 +240,25 @@ fn is_root() -> bool {
 
 #[test]
 fn fork_loop_hits_pids_cap() {
-    let run = run_fixture(&["--test", "fork", "--ignored", "--exact", "wide_fork_loop", "--pids", "64"]);
+    let run = run_fixture(&[
+        "--test",
+        "fork",
+        "--ignored",
+        "--exact",
+        "wide_fork_loop",
+        "--pids",
+        "64",
+    ]);
     if !run.has_cgroups() && !is_root() {
         // Without a pids cgroup the cap is RLIMIT_NPROC, counted per user
         // namespace: the fork loop still stops, as a plain failure.
         let result = run.result("wide_fork_loop");
         assert_eq!(result["outcome"], "failed", "{}", run.stderr);
         let stderr = result["stderr"].as_str().unwrap();
-        assert!(stderr.contains("Resource temporarily unavailable"), "{stderr}");
+        assert!(
+            stderr.contains("Resource temporarily unavailable"),
+            "{stderr}"
+        );
         assert!(run.stderr.contains("RLIMIT_NPROC"), "{}", run.stderr);
         return;
     }
@@ -235,15 +280,23 @@ fn fork_loop_hits_pids_cap() {
 fn leaked_processes_are_reported_and_killed() {
     let run = run_fixture(&["--test", "leak"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    for name in ["background_child_holds_stdout", "session_daemon_outlives_test"] {
+    for name in [
+        "background_child_holds_stdout",
+        "session_daemon_outlives_test",
+    ] {
         let result = run.result(name);
         assert_eq!(result["outcome"], "leaked", "{name}");
         assert!(result["usage"]["leaked"].as_u64().unwrap() >= 1, "{name}");
         // The verdict does not wait for the hour-long sleeper to close
         // the pipe it holds.
-        assert!(result["usage"]["container_time"].as_f64().unwrap() < 5.0, "{name}");
+        assert!(
+            result["usage"]["container_time"].as_f64().unwrap() < 5.0,
+            "{name}"
+        );
     }
-    let stdout = run.result("background_child_holds_stdout")["stdout"].as_str().unwrap();
+    let stdout = run.result("background_child_holds_stdout")["stdout"]
+        .as_str()
+        .unwrap();
     assert!(stdout.contains("leak: test body done"), "{stdout}");
     assert_eq!(run.outcome("child_exits_during_grace"), "passed");
     assert!(host_processes_with("sleep 3601").is_empty());
@@ -262,21 +315,55 @@ fn fail_on_leak_fails_the_run() {
 #[test]
 fn daemon_dies_with_timed_out_test() {
     let run = run_fixture(&[
-        "--test", "leak", "--ignored", "--exact", "session_daemon_then_hang", "--timeout", "1s",
+        "--test",
+        "leak",
+        "--ignored",
+        "--exact",
+        "session_daemon_then_hang",
+        "--timeout",
+        "1s",
     ]);
-    assert_eq!(run.outcome("session_daemon_then_hang"), "timed-out", "{}", run.stderr);
+    assert_eq!(
+        run.outcome("session_daemon_then_hang"),
+        "timed-out",
+        "{}",
+        run.stderr
+    );
     assert!(host_processes_with("sleep 3602").is_empty());
 }
 
 #[test]
 fn writes_stay_in_the_container() {
-    let run = run_fixture(&["--test", "isolation", "--ignored", "--exact", "writes_everywhere"]);
-    assert_eq!(run.outcome("writes_everywhere"), "passed", "{}", run.result("writes_everywhere"));
+    let run = run_fixture(&[
+        "--test",
+        "isolation",
+        "--ignored",
+        "--exact",
+        "writes_everywhere",
+    ]);
+    assert_eq!(
+        run.outcome("writes_everywhere"),
+        "passed",
+        "{}",
+        run.result("writes_everywhere")
+    );
     let marker = "misbehave-isolation-marker";
-    for dir in [fixture_dir(), PathBuf::from("/etc"), PathBuf::from("/usr/local/share"), PathBuf::from("/tmp")] {
-        assert!(!dir.join(marker).exists(), "{} reached the host", dir.join(marker).display());
+    for dir in [
+        fixture_dir(),
+        PathBuf::from("/etc"),
+        PathBuf::from("/usr/local/share"),
+        PathBuf::from("/tmp"),
+    ] {
+        assert!(
+            !dir.join(marker).exists(),
+            "{} reached the host",
+            dir.join(marker).display()
+        );
     }
-    assert!(fixture_dir().join("Cargo.toml").exists(), "deleting Cargo.toml reached the host");
+    assert!(
+        fixture_dir().join("Cargo.toml").exists(),
+        "deleting Cargo.toml reached the host"
+    );
 }
 
 #[test]
@@ -300,7 +387,7 @@ fn isolation_checks_pass_inside() {
 
 #[test]
 fn loopback_only_and_ports_private() {
-    // The host holds the fixed port too; each container has its own.
+    // The host listens on the fixed port too, and each container has its own.
     let _held = std::net::TcpListener::bind("127.0.0.1:18080");
     let run = run_fixture(&["--test", "net", "-j", "2"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -327,7 +414,11 @@ fn output_flood_is_truncated() {
     assert!(stdout.len() < 128 << 10);
     assert!(stdout.contains("bytes of output truncated"));
     // The tail is kept: the last line the test printed, then libtest's own.
-    assert!(stdout.contains("flood: last line"), "{}", &stdout[stdout.len() - 200..]);
+    assert!(
+        stdout.contains("flood: last line"),
+        "{}",
+        &stdout[stdout.len() - 200..]
+    );
 }
 
 #[test]
@@ -346,7 +437,13 @@ fn per_binary_mode_keeps_verdicts() {
     assert_eq!(run.outcome("panics"), "failed");
     assert_eq!(run.outcome("ignored"), "ignored");
     let stdout = run.result("panics")["stdout"].as_str().unwrap();
-    assert!(stdout.contains("panicked on purpose") || run.result("panics")["stderr"].as_str().unwrap().contains("panicked on purpose"));
+    assert!(
+        stdout.contains("panicked on purpose")
+            || run.result("panics")["stderr"]
+                .as_str()
+                .unwrap()
+                .contains("panicked on purpose")
+    );
 }
 
 #[test]
@@ -360,13 +457,19 @@ fn list_prints_plan_without_running() {
     assert_eq!(output.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("misbehave::verdicts passes\n"), "{stdout}");
-    assert!(stdout.contains("misbehave::verdicts ignored (ignored)\n"), "{stdout}");
+    assert!(
+        stdout.contains("misbehave::verdicts ignored (ignored)\n"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn filters_follow_libtest() {
     let run = run_fixture(&["--test", "verdicts", "--skip", "panics", "--", "pa"]);
-    let names: Vec<&str> = run.finished().map(|e| e["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = run
+        .finished()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["passes"]);
 }
 
@@ -379,8 +482,16 @@ fn build_failure_exits_101() {
         "[package]\nname = \"broken\"\nversion = \"0.1.0\"\nedition = \"2021\"\n[workspace]\n",
     )
     .unwrap();
-    fs::write(dir.path().join("src/lib.rs"), "pub fn f() -> u32 { \"not a number\" }\n").unwrap();
-    let output = runner().arg("--manifest-path").arg(dir.path().join("Cargo.toml")).output().unwrap();
+    fs::write(
+        dir.path().join("src/lib.rs"),
+        "pub fn f() -> u32 { \"not a number\" }\n",
+    )
+    .unwrap();
+    let output = runner()
+        .arg("--manifest-path")
+        .arg(dir.path().join("Cargo.toml"))
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(101));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("mismatched types"), "{stderr}");
@@ -415,7 +526,15 @@ fn interrupt_stops_every_container() {
     let mut child = runner()
         .arg("--manifest-path")
         .arg(fixture_dir().join("Cargo.toml"))
-        .args(["--message-format", "json", "--test", "hang", "--ignored", "--exact", "hangs_forever"])
+        .args([
+            "--message-format",
+            "json",
+            "--test",
+            "hang",
+            "--ignored",
+            "--exact",
+            "hangs_forever",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -434,11 +553,18 @@ fn interrupt_stops_every_container() {
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
-    let finished = rest.iter().find(|l| l.contains("\"test-finished\"")).expect("a result for the test");
+    let finished = rest
+        .iter()
+        .find(|l| l.contains("\"test-finished\""))
+        .expect("a result for the test");
     let event: Value = serde_json::from_str(finished).unwrap();
     assert_eq!(event["outcome"], "cancelled");
     let cgroup_dirs = fs::read_dir("/sys/fs/cgroup/pids")
-        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy() == format!("cargo-sandbox-test.{pid}")).count())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy() == format!("cargo-sandbox-test.{pid}"))
+                .count()
+        })
         .unwrap_or(0);
     assert_eq!(cgroup_dirs, 0, "the run's cgroup was left behind");
     let prefix = format!("cargo-sandbox-test.{pid}.");
@@ -475,31 +601,59 @@ fn own_cgroup_dir(controller: &str) -> PathBuf {
             let _ = parts.next();
             let names = parts.next()?;
             let path = parts.next()?;
-            names.split(',').any(|n| n == controller).then(|| path.to_string())
+            names
+                .split(',')
+                .any(|n| n == controller)
+                .then(|| path.to_string())
         })
         .unwrap_or_else(|| "/".into());
-    Path::new("/sys/fs/cgroup").join(controller).join(path.trim_start_matches('/'))
+    Path::new("/sys/fs/cgroup")
+        .join(controller)
+        .join(path.trim_start_matches('/'))
 }
 
 #[test]
 fn missing_cgroups_warn_or_fail() {
     let run = run_fixture(&["--test", "verdicts", "--exact", "passes"]);
     if run.has_cgroups() {
-        let strict = run_fixture(&["--test", "verdicts", "--exact", "passes", "--require-cgroups"]);
+        let strict = run_fixture(&[
+            "--test",
+            "verdicts",
+            "--exact",
+            "passes",
+            "--require-cgroups",
+        ]);
         assert_eq!(strict.code, 0, "{}", strict.stderr);
         assert!(!run.stderr.contains("no usable cgroup"), "{}", run.stderr);
         return;
     }
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stderr.contains("warning: no usable cgroup for"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("warning: no usable cgroup for"),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("fix: run as root"), "{}", run.stderr);
     let usage = &run.result("passes")["usage"];
     assert!(usage["memory_peak"].is_null());
     assert!(usage["tasks_peak"].is_null());
-    assert!(usage["cpu_user"].is_number(), "CPU time falls back to wait4");
-    let strict = run_fixture(&["--test", "verdicts", "--exact", "passes", "--require-cgroups"]);
+    assert!(
+        usage["cpu_user"].is_number(),
+        "CPU time falls back to wait4"
+    );
+    let strict = run_fixture(&[
+        "--test",
+        "verdicts",
+        "--exact",
+        "passes",
+        "--require-cgroups",
+    ]);
     assert_eq!(strict.code, 102, "{}", strict.stderr);
-    assert!(strict.stderr.contains("--require-cgroups"), "{}", strict.stderr);
+    assert!(
+        strict.stderr.contains("--require-cgroups"),
+        "{}",
+        strict.stderr
+    );
 }
 
 #[test]
@@ -517,7 +671,12 @@ fn no_cgroups_flag_reports_unavailable() {
 #[test]
 fn read_only_fallback_without_overlay() {
     let run = run_fixture(&["--test", "isolation", "--include-ignored", "--no-overlay"]);
-    assert_eq!(run.outcome("home_and_tmp_are_writable"), "passed", "{}", run.stderr);
+    assert_eq!(
+        run.outcome("home_and_tmp_are_writable"),
+        "passed",
+        "{}",
+        run.stderr
+    );
     assert_eq!(run.outcome("is_not_pid_1_and_sees_own_processes"), "passed");
     let writes = run.result("writes_everywhere");
     assert_eq!(writes["outcome"], "failed");
@@ -532,11 +691,21 @@ fn cargo_credentials_are_masked() {
     // holding a registry token.
     let home = fixture_dir().join("target/fake-cargo-home");
     fs::create_dir_all(home.join("bin")).unwrap();
-    fs::write(home.join("credentials.toml"), "[registry]\ntoken = \"secret-token\"\n").unwrap();
+    fs::write(
+        home.join("credentials.toml"),
+        "[registry]\ntoken = \"secret-token\"\n",
+    )
+    .unwrap();
     let output = runner()
         .arg("--manifest-path")
         .arg(fixture_dir().join("Cargo.toml"))
-        .args(["--message-format", "json", "--test", "isolation", "cargo_credentials_are_hidden"])
+        .args([
+            "--message-format",
+            "json",
+            "--test",
+            "isolation",
+            "cargo_credentials_are_hidden",
+        ])
         .env("CARGO_HOME", &home)
         .output()
         .unwrap();
@@ -562,14 +731,25 @@ fn no_matching_test_fails_the_run() {
     let run = run_fixture(&["--test", "verdicts", "no_such_test_name"]);
     assert_eq!(run.code, 4, "{}", run.stderr);
     assert!(run.stderr.contains("no test matched"), "{}", run.stderr);
-    let warn = run_fixture(&["--test", "verdicts", "no_such_test_name", "--no-tests", "warn"]);
+    let warn = run_fixture(&[
+        "--test",
+        "verdicts",
+        "no_such_test_name",
+        "--no-tests",
+        "warn",
+    ]);
     assert_eq!(warn.code, 0, "{}", warn.stderr);
 }
 
 #[test]
 fn group_kill_stays_in_its_container() {
     let run = run_fixture(&["--test", "pgrp", "--ignored", "-j", "2"]);
-    assert_eq!(run.outcome("kills_own_process_group"), "signaled", "{}", run.stderr);
+    assert_eq!(
+        run.outcome("kills_own_process_group"),
+        "signaled",
+        "{}",
+        run.stderr
+    );
     assert_eq!(run.outcome("neighbour_sleeps"), "passed", "{}", run.stderr);
     assert_eq!(run.code, 100, "{}", run.stderr);
 }

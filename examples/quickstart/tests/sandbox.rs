@@ -13,7 +13,10 @@ fn fixed_port_server() {
         stream.write_all(b"hello").unwrap();
     });
     let mut reply = String::new();
-    TcpStream::connect("127.0.0.1:8080").unwrap().read_to_string(&mut reply).unwrap();
+    TcpStream::connect("127.0.0.1:8080")
+        .unwrap()
+        .read_to_string(&mut reply)
+        .unwrap();
     server.join().unwrap();
     assert_eq!(reply, "hello");
 }

@@ -59,7 +59,7 @@ pub struct Location {
     pub dir: PathBuf,
 }
 
-/// Where each controller lives, and where the v2 tree is.
+/// The location of each controller, and of the v2 tree.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Layout {
     pub controllers: BTreeMap<Controller, Location>,
@@ -96,7 +96,9 @@ impl Layout {
                         .iter()
                         .find(|m| m.controllers.iter().any(|c| names.contains(c)));
                     let Some(own) = own else { continue };
-                    let Some(dir) = mount.dir_for(&own.path) else { continue };
+                    let Some(dir) = mount.dir_for(&own.path) else {
+                        continue;
+                    };
                     for controller in Controller::ALL {
                         if names.iter().any(|n| n == controller.name()) {
                             layout.controllers.entry(controller).or_insert(Location {
@@ -109,7 +111,9 @@ impl Layout {
                 MountKind::V2 => {
                     let own = memberships.iter().find(|m| m.hierarchy_id == 0);
                     let Some(own) = own else { continue };
-                    let Some(dir) = mount.dir_for(&own.path) else { continue };
+                    let Some(dir) = mount.dir_for(&own.path) else {
+                        continue;
+                    };
                     if layout.unified.is_none() {
                         layout.unified = Some(dir);
                     }
@@ -139,16 +143,26 @@ impl Layout {
             // The v2 core files (`cgroup.freeze`, `cgroup.kill`, `cpu.stat`)
             // exist in every v2 cgroup, with or without controllers.
             if layout.controllers.get(&Controller::Cpu).map(|l| l.version) == Some(Version::V2) {
-                layout.controllers.entry(Controller::Cpuacct).or_insert(Location {
-                    version: Version::V2,
-                    dir: dir.clone(),
-                });
+                layout
+                    .controllers
+                    .entry(Controller::Cpuacct)
+                    .or_insert(Location {
+                        version: Version::V2,
+                        dir: dir.clone(),
+                    });
             }
-            if layout.controllers.values().any(|l| l.version == Version::V2) {
-                layout.controllers.entry(Controller::Freezer).or_insert(Location {
-                    version: Version::V2,
-                    dir,
-                });
+            if layout
+                .controllers
+                .values()
+                .any(|l| l.version == Version::V2)
+            {
+                layout
+                    .controllers
+                    .entry(Controller::Freezer)
+                    .or_insert(Location {
+                        version: Version::V2,
+                        dir,
+                    });
             }
         }
         layout
@@ -192,7 +206,11 @@ fn parse_proc_cgroup(text: &str) -> Vec<Membership> {
                 .filter(|c| !c.is_empty())
                 .map(str::to_string)
                 .collect();
-            Some(Membership { hierarchy_id, controllers, path })
+            Some(Membership {
+                hierarchy_id,
+                controllers,
+                path,
+            })
         })
         .collect()
 }
@@ -232,7 +250,9 @@ impl CgroupMount {
 fn parse_cgroup_mounts(text: &str) -> Vec<CgroupMount> {
     let mut mounts = Vec::new();
     for line in text.lines() {
-        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
         let fields: Vec<&str> = left.split(' ').collect();
         let tail: Vec<&str> = right.split(' ').collect();
         if fields.len() < 5 || tail.len() < 3 {
@@ -252,7 +272,11 @@ fn parse_cgroup_mounts(text: &str) -> Vec<CgroupMount> {
             }
             _ => continue,
         };
-        mounts.push(CgroupMount { root, mount_point, kind });
+        mounts.push(CgroupMount {
+            root,
+            mount_point,
+            kind,
+        });
     }
     mounts
 }
@@ -300,9 +324,18 @@ mod tests {
         let layout = Layout::parse(HYBRID_CGROUP, HYBRID_MOUNTINFO, |_| Some(String::new()));
         let memory = layout.get(Controller::Memory).unwrap();
         assert_eq!(memory.version, Version::V1);
-        assert_eq!(memory.dir, PathBuf::from("/sys/fs/cgroup/memory/process_api/b848"));
-        assert_eq!(layout.get(Controller::Pids).unwrap().dir, PathBuf::from("/sys/fs/cgroup/pids"));
-        assert_eq!(layout.unified, Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            memory.dir,
+            PathBuf::from("/sys/fs/cgroup/memory/process_api/b848")
+        );
+        assert_eq!(
+            layout.get(Controller::Pids).unwrap().dir,
+            PathBuf::from("/sys/fs/cgroup/pids")
+        );
+        assert_eq!(
+            layout.unified,
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
         assert_eq!(layout.kind(), "hybrid");
     }
 
@@ -318,7 +351,10 @@ mod tests {
         let cpu = layout.get(Controller::Cpu).unwrap();
         let cpuacct = layout.get(Controller::Cpuacct).unwrap();
         assert_eq!(cpu.dir, cpuacct.dir);
-        assert_eq!(cpu.dir, PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/user.slice"));
+        assert_eq!(
+            cpu.dir,
+            PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/user.slice")
+        );
         assert!(layout.get(Controller::Freezer).is_none());
         assert_eq!(layout.kind(), "v1");
     }
@@ -335,7 +371,11 @@ mod tests {
             Some("cpuset cpu io memory pids\n".into())
         });
         for controller in Controller::ALL {
-            assert_eq!(layout.get(controller).unwrap().version, Version::V2, "{controller:?}");
+            assert_eq!(
+                layout.get(controller).unwrap().version,
+                Version::V2,
+                "{controller:?}"
+            );
         }
         assert_eq!(layout.kind(), "v2");
     }
@@ -356,7 +396,10 @@ mod tests {
         let cgroup = "0::/\n";
         let mountinfo = "600 590 0:30 / /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n";
         let layout = Layout::parse(cgroup, mountinfo, |_| Some("memory pids".into()));
-        assert_eq!(layout.get(Controller::Memory).unwrap().dir, PathBuf::from("/sys/fs/cgroup"));
+        assert_eq!(
+            layout.get(Controller::Memory).unwrap().dir,
+            PathBuf::from("/sys/fs/cgroup")
+        );
         assert!(layout.get(Controller::Cpu).is_none());
     }
 
@@ -365,7 +408,8 @@ mod tests {
         // Without a cgroup namespace, a bind of the container's own cgroup
         // shows that cgroup's path as the mount root.
         let cgroup = "5:memory:/docker/abc\n";
-        let mountinfo = "600 590 0:30 /docker/abc /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        let mountinfo =
+            "600 590 0:30 /docker/abc /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
         let layout = Layout::parse(cgroup, mountinfo, |_| None);
         assert_eq!(
             layout.get(Controller::Memory).unwrap().dir,

@@ -46,16 +46,28 @@ pub enum CgroupError {
     #[error("failed to create cgroup {path}: {source}")]
     Create { path: PathBuf, source: io::Error },
     #[error("failed to write {value:?} to {path}: {source}")]
-    Write { path: PathBuf, value: String, source: io::Error },
+    Write {
+        path: PathBuf,
+        value: String,
+        source: io::Error,
+    },
     #[error("cgroup limit not applied: wrote {wrote:?} to {path} but it reads back {read:?}")]
-    Mismatch { path: PathBuf, wrote: String, read: String },
+    Mismatch {
+        path: PathBuf,
+        wrote: String,
+        read: String,
+    },
     #[error(
         "cannot enable the {controllers} controllers in {path}: {source}; \
          the cgroup has processes of its own (cgroup v2 allows controllers only \
          for cgroups without processes). Start the runner in a cgroup of its own, \
          for example with `systemd-run --user --scope -p Delegate=yes cargo sandbox-test`"
     )]
-    Delegate { path: PathBuf, controllers: String, source: io::Error },
+    Delegate {
+        path: PathBuf,
+        controllers: String,
+        source: io::Error,
+    },
 }
 
 /// One cgroup hierarchy (a v1 mount, or the v2 tree) the run uses.
@@ -93,7 +105,8 @@ impl RunCgroups {
         let mut own_dirs: Vec<(Version, PathBuf, Vec<Controller>)> = Vec::new();
         for controller in Controller::ALL {
             let Some(location) = run.layout.get(controller) else {
-                run.missing.push((controller, "the host has no such cgroup controller".into()));
+                run.missing
+                    .push((controller, "the host has no such cgroup controller".into()));
                 continue;
             };
             match own_dirs.iter_mut().find(|(_, dir, _)| *dir == location.dir) {
@@ -122,10 +135,8 @@ impl RunCgroups {
                     // its pid is alive again; reuse the directory.
                 } else {
                     for c in &controllers {
-                        run.missing.push((
-                            *c,
-                            format!("cannot create {}: {source}", run_dir.display()),
-                        ));
+                        run.missing
+                            .push((*c, format!("cannot create {}: {source}", run_dir.display())));
                     }
                     continue;
                 }
@@ -133,14 +144,20 @@ impl RunCgroups {
             if version == Version::V2 {
                 enable_v2_controllers(&run_dir, &controllers)?;
             }
-            run.hierarchies.push(Hierarchy { version, run_dir, controllers });
+            run.hierarchies.push(Hierarchy {
+                version,
+                run_dir,
+                controllers,
+            });
         }
         Ok(run)
     }
 
     /// Returns whether a controller is usable in this run.
     pub fn has(&self, controller: Controller) -> bool {
-        self.hierarchies.iter().any(|h| h.controllers.contains(&controller))
+        self.hierarchies
+            .iter()
+            .any(|h| h.controllers.contains(&controller))
     }
 
     /// Returns whether the run has no usable hierarchy at all.
@@ -185,13 +202,20 @@ impl RunCgroups {
                 controllers: hierarchy.controllers.clone(),
             });
         }
-        let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner()).contains(caps);
+        let verified = self
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(caps);
         if let Err(err) = cgroup.apply(caps, !verified) {
             cgroup.remove();
             return Err(err);
         }
         if !verified {
-            self.verified.lock().unwrap_or_else(|e| e.into_inner()).push(*caps);
+            self.verified
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(*caps);
         }
         Ok(cgroup)
     }
@@ -209,7 +233,10 @@ fn is_permission_error(err: &CgroupError) -> bool {
         CgroupError::Create { source, .. } | CgroupError::Write { source, .. } => source,
         _ => return false,
     };
-    matches!(source.raw_os_error(), Some(libc::EACCES | libc::EPERM | libc::EROFS))
+    matches!(
+        source.raw_os_error(),
+        Some(libc::EACCES | libc::EPERM | libc::EROFS)
+    )
 }
 
 /// Makes a v2 cgroup able to hold controller-enabled children: moves our
@@ -225,7 +252,10 @@ fn prepare_v2_parent(
         return Ok(());
     }
     let enabled = fs::read_to_string(own_dir.join("cgroup.subtree_control")).unwrap_or_default();
-    if wanted.iter().all(|w| enabled.split_whitespace().any(|e| e == *w)) {
+    if wanted
+        .iter()
+        .all(|w| enabled.split_whitespace().any(|e| e == *w))
+    {
         return Ok(());
     }
     let procs = fs::read_to_string(own_dir.join("cgroup.procs")).unwrap_or_default();
@@ -261,20 +291,34 @@ fn enable_v2_controllers(dir: &Path, controllers: &[Controller]) -> Result<(), C
     if names.is_empty() {
         return Ok(());
     }
-    let value = names.iter().map(|n| format!("+{n}")).collect::<Vec<_>>().join(" ");
+    let value = names
+        .iter()
+        .map(|n| format!("+{n}"))
+        .collect::<Vec<_>>()
+        .join(" ");
     let path = dir.join("cgroup.subtree_control");
     fs::write(&path, &value).map_err(|source| {
         if source.raw_os_error() == Some(libc::EBUSY) {
-            CgroupError::Delegate { path: path.clone(), controllers: value.clone(), source }
+            CgroupError::Delegate {
+                path: path.clone(),
+                controllers: value.clone(),
+                source,
+            }
         } else {
-            CgroupError::Write { path: path.clone(), value: value.clone(), source }
+            CgroupError::Write {
+                path: path.clone(),
+                value: value.clone(),
+                source,
+            }
         }
     })
 }
 
 /// Removes run directories left by runs whose process is gone.
 fn remove_stale_runs(own_dir: &Path) {
-    let Ok(entries) = fs::read_dir(own_dir) else { return };
+    let Ok(entries) = fs::read_dir(own_dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
@@ -401,7 +445,9 @@ pub struct CgroupUsage {
 
 impl TestCgroup {
     fn dir_of(&self, controller: Controller) -> Option<&TestDir> {
-        self.dirs.iter().find(|d| d.controllers.contains(&controller))
+        self.dirs
+            .iter()
+            .find(|d| d.controllers.contains(&controller))
     }
 
     /// Returns whether this cgroup has a controller.
@@ -411,7 +457,10 @@ impl TestCgroup {
 
     /// Returns the `cgroup.procs` files a test process must be written to.
     pub fn procs_files(&self) -> Vec<PathBuf> {
-        self.dirs.iter().map(|d| d.dir.join("cgroup.procs")).collect()
+        self.dirs
+            .iter()
+            .map(|d| d.dir.join("cgroup.procs"))
+            .collect()
     }
 
     fn apply(&self, caps: &Caps, verify: bool) -> Result<(), CgroupError> {
@@ -436,7 +485,11 @@ impl TestCgroup {
                     }
                 }
                 Version::V2 => {
-                    write_checked(&d.dir.join("memory.max"), &bytes.to_string(), &pages.to_string())?;
+                    write_checked(
+                        &d.dir.join("memory.max"),
+                        &bytes.to_string(),
+                        &pages.to_string(),
+                    )?;
                     let swap = d.dir.join("memory.swap.max");
                     if swap.exists() {
                         write_checked(&swap, "0", "0")?;
@@ -484,8 +537,10 @@ impl TestCgroup {
         if let Some(d) = self.dir_of(Controller::Cpuacct) {
             match d.version {
                 Version::V1 => {
-                    usage.cpu_user = read_u64(&d.dir.join("cpuacct.usage_user")).map(Duration::from_nanos);
-                    usage.cpu_system = read_u64(&d.dir.join("cpuacct.usage_sys")).map(Duration::from_nanos);
+                    usage.cpu_user =
+                        read_u64(&d.dir.join("cpuacct.usage_user")).map(Duration::from_nanos);
+                    usage.cpu_system =
+                        read_u64(&d.dir.join("cpuacct.usage_sys")).map(Duration::from_nanos);
                 }
                 Version::V2 => {
                     let stat = d.dir.join("cpu.stat");
@@ -542,8 +597,9 @@ impl TestCgroup {
     }
 
     /// Removes the cgroup, killing anything still inside it. A test cannot
-    /// create child cgroups (it sees no cgroup filesystem), so a plain rmdir
-    /// is enough; it retries while the kernel finishes exited tasks.
+    /// create child cgroups: it has no cgroup filesystem and may not create
+    /// the user namespace it would need to mount one. So a plain rmdir is
+    /// enough, retried while the kernel finishes exited tasks.
     pub fn remove(&self) {
         for d in &self.dirs {
             if let Err(err) = remove_dir_retrying(&d.dir) {

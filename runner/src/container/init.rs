@@ -109,11 +109,15 @@ pub fn run(plan: &RootfsPlan, spec: &Spec, fds: InitFds) -> ! {
             setup_us: ready.as_micros() as u64,
             test_us: (test_ended - setup_done).as_micros() as u64,
             leak_wait_us: (started.elapsed() - test_ended).as_micros() as u64,
-            steps: clock.steps.iter().map(|(n, us)| (n.to_string(), *us)).collect(),
+            steps: clock
+                .steps
+                .iter()
+                .map(|(n, us)| (n.to_string(), *us))
+                .collect(),
         },
     });
     // Every other process of the container is gone, so closing the report
-    // pipe now tells the runner the container's usage is final. Left to
+    // pipe now lets the runner read the container's final usage. Left to
     // _exit, the close would wait behind the kernel's teardown of this
     // mount namespace (its overlays wait for RCU grace periods), which
     // runs before an exiting task's deferred file closes.
@@ -167,7 +171,11 @@ fn setup(plan: &RootfsPlan, spec: &Spec, clock: &mut rootfs::StepClock) -> Resul
 /// capabilities, `no_new_privs` and default signal handling.
 fn spawn_test(spec: &Spec, fds: &InitFds) -> Result<libc::pid_t, SetupError> {
     let program = sys::cstring(spec.program.as_os_str().as_bytes());
-    let args: Result<Vec<_>, _> = spec.args.iter().map(|a| sys::cstring(a.as_bytes())).collect();
+    let args: Result<Vec<_>, _> = spec
+        .args
+        .iter()
+        .map(|a| sys::cstring(a.as_bytes()))
+        .collect();
     let env: Result<Vec<_>, _> = spec
         .env
         .iter()
@@ -290,7 +298,9 @@ fn wait_signal(signals: &[libc::c_int], timeout: Option<Duration>) -> Option<lib
 
 /// Counts the processes other than init in this PID namespace.
 fn count_others() -> u32 {
-    let Ok(entries) = fs::read_dir("/proc") else { return 0 };
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return 0;
+    };
     entries
         .flatten()
         .filter(|e| {

@@ -26,7 +26,7 @@ use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags};
 pub use rootfs::{Entry, RootfsPlan};
 pub use sys::Rusage;
 
-/// What one container runs and how.
+/// The program, environment and settings of one container.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Spec {
     /// Identifies the container in messages between runner and zygote.
@@ -77,7 +77,12 @@ impl SetupError {
     }
 
     fn internal(detail: &str) -> SetupError {
-        SetupError { step: "runner".into(), path: String::new(), errno: 0, detail: detail.into() }
+        SetupError {
+            step: "runner".into(),
+            path: String::new(),
+            errno: 0,
+            detail: detail.into(),
+        }
     }
 
     /// Suggests a fix for the common causes of this failure.
@@ -98,7 +103,9 @@ impl SetupError {
                 "the kernel refused a new /proc because the host's /proc is partly \
                  hidden (as in some containers); run on a host with a fully visible /proc",
             ),
-            ("join the test cgroup", _) => Some("rerun with `--no-cgroups` or fix the cgroup permissions"),
+            ("join the test cgroup", _) => {
+                Some("rerun with `--no-cgroups` or fix the cgroup permissions")
+            }
             ("reach the zygote", libc::EMSGSIZE) => Some(
                 "the test's environment and arguments exceed what one message to the zygote \
                  carries (256 KiB); pass fewer or shorter `--env` values",
@@ -108,7 +115,7 @@ impl SetupError {
     }
 }
 
-/// How the test process ended.
+/// The end of the test process: an exit code or a signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TestExit {
@@ -116,7 +123,7 @@ pub enum TestExit {
     Signal(i32),
 }
 
-/// Where init's time went, in microseconds.
+/// Init's time per phase, in microseconds.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Timings {
     /// From init's start to the test's fork: mounts, hostname, loopback.
@@ -129,32 +136,56 @@ pub struct Timings {
     pub steps: Vec<(String, u64)>,
 }
 
-/// What init writes to the report pipe.
+/// A message init writes to the report pipe.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum InitReport {
-    Setup { error: SetupError },
-    Exited { exit: TestExit, leaked: u32, timings: Timings },
+    Setup {
+        error: SetupError,
+    },
+    Exited {
+        exit: TestExit,
+        leaked: u32,
+        timings: Timings,
+    },
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 enum Request {
     Plan(RootfsPlan),
-    Spawn { spec: Spec, cgroup_procs: Vec<PathBuf> },
-    Kill { id: u64, signal: i32 },
+    Spawn {
+        spec: Spec,
+        cgroup_procs: Vec<PathBuf>,
+    },
+    Kill {
+        id: u64,
+        signal: i32,
+    },
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 enum Reply {
-    Spawned { id: u64, pid: i32 },
-    SpawnFailed { id: u64, error: SetupError },
-    Exited { id: u64, status: i32, rusage: Rusage },
+    Spawned {
+        id: u64,
+        pid: i32,
+    },
+    SpawnFailed {
+        id: u64,
+        error: SetupError,
+    },
+    Exited {
+        id: u64,
+        status: i32,
+        rusage: Rusage,
+    },
 }
 
 impl Reply {
     fn id(&self) -> u64 {
         match self {
-            Reply::Spawned { id, .. } | Reply::SpawnFailed { id, .. } | Reply::Exited { id, .. } => *id,
+            Reply::Spawned { id, .. }
+            | Reply::SpawnFailed { id, .. }
+            | Reply::Exited { id, .. } => *id,
         }
     }
 }
@@ -177,12 +208,19 @@ fn send_message<T: serde::Serialize>(socket: RawFd, message: &T, fds: &[RawFd]) 
 
 /// Receives one message and the descriptors sent with it; `None` at end of
 /// stream.
-fn recv_message<T: serde::de::DeserializeOwned>(socket: RawFd) -> io::Result<Option<(T, Vec<RawFd>)>> {
+fn recv_message<T: serde::de::DeserializeOwned>(
+    socket: RawFd,
+) -> io::Result<Option<(T, Vec<RawFd>)>> {
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut cmsg = nix::cmsg_space!([RawFd; 8]);
     let (len, fds) = loop {
         let mut iov = [IoSliceMut::new(&mut buf)];
-        match socket::recvmsg::<()>(socket, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+        match socket::recvmsg::<()>(
+            socket,
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
             Ok(msg) => {
                 let mut fds = Vec::new();
                 for c in msg.cmsgs()? {
@@ -210,7 +248,10 @@ fn recv_message<T: serde::de::DeserializeOwned>(socket: RawFd) -> io::Result<Opt
 /// Panics when the process already runs more than one thread.
 pub fn start_zygote() -> io::Result<ZygoteHandle> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let threads = status.lines().find_map(|l| l.strip_prefix("Threads:")).map(str::trim);
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .map(str::trim);
     assert!(
         matches!(threads, Some("1") | None),
         "the zygote must be forked while the runner has a single thread"
@@ -234,7 +275,10 @@ pub fn start_zygote() -> io::Result<ZygoteHandle> {
         zygote::main(zygote_end.as_raw_fd());
     }
     drop(zygote_end);
-    Ok(ZygoteHandle { socket: runner_end, pid: pid as u32 })
+    Ok(ZygoteHandle {
+        socket: runner_end,
+        pid: pid as u32,
+    })
 }
 
 /// The runner's end of the zygote, before the dispatch thread starts.
@@ -253,28 +297,43 @@ impl ZygoteHandle {
     /// the zygote's replies.
     pub fn connect(self, plan: &RootfsPlan) -> io::Result<Zygote> {
         send_message(self.socket.as_raw_fd(), &Request::Plan(plan.clone()), &[])?;
-        let shared = Arc::new(Shared { waiters: Mutex::new(HashMap::new()) });
+        let shared = Arc::new(Shared {
+            waiters: Mutex::new(HashMap::new()),
+        });
         let reader_shared = Arc::clone(&shared);
         let socket = self.socket.as_raw_fd();
-        std::thread::Builder::new().name("zygote-replies".into()).spawn(move || {
-            while let Ok(Some((reply, fds))) = recv_message::<Reply>(socket) {
-                for fd in fds {
-                    sys::close(fd);
+        std::thread::Builder::new()
+            .name("zygote-replies".into())
+            .spawn(move || {
+                while let Ok(Some((reply, fds))) = recv_message::<Reply>(socket) {
+                    for fd in fds {
+                        sys::close(fd);
+                    }
+                    let mut waiters = reader_shared
+                        .waiters
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    let id = reply.id();
+                    let done = matches!(reply, Reply::Exited { .. } | Reply::SpawnFailed { .. });
+                    if let Some(tx) = waiters.get(&id) {
+                        let _ = tx.send(reply);
+                    }
+                    if done {
+                        waiters.remove(&id);
+                    }
                 }
-                let mut waiters = reader_shared.waiters.lock().unwrap_or_else(|e| e.into_inner());
-                let id = reply.id();
-                let done = matches!(reply, Reply::Exited { .. } | Reply::SpawnFailed { .. });
-                if let Some(tx) = waiters.get(&id) {
-                    let _ = tx.send(reply);
-                }
-                if done {
-                    waiters.remove(&id);
-                }
-            }
-            // The zygote is gone: wake every waiter with a closed channel.
-            reader_shared.waiters.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        })?;
-        Ok(Zygote { socket: self.socket, send_lock: Mutex::new(()), shared })
+                // The zygote is gone: wake every waiter with a closed channel.
+                reader_shared
+                    .waiters
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clear();
+            })?;
+        Ok(Zygote {
+            socket: self.socket,
+            send_lock: Mutex::new(()),
+            shared,
+        })
     }
 }
 
@@ -290,7 +349,7 @@ pub struct Zygote {
 }
 
 impl Drop for Zygote {
-    /// Shuts the socket down so the zygote sees end of file and exits,
+    /// Shuts the socket down so the zygote reads end of file and exits,
     /// killing any container still running, even while the reply thread
     /// still holds the descriptor.
     fn drop(&mut self) {
@@ -325,13 +384,21 @@ impl Zygote {
 
     /// Starts a container and waits until it runs. Returns it with the
     /// read ends of its stdout, stderr and report pipes.
-    pub fn spawn(&self, spec: Spec, cgroup_procs: Vec<PathBuf>) -> Result<(Container<'_>, Pipes), SpawnError> {
+    pub fn spawn(
+        &self,
+        spec: Spec,
+        cgroup_procs: Vec<PathBuf>,
+    ) -> Result<(Container<'_>, Pipes), SpawnError> {
         self.request_spawn(spec, cgroup_procs)?.wait()
     }
 
     /// Asks the zygote for a container without waiting for it, so the
     /// caller can do other work while the zygote clones it.
-    pub fn request_spawn(&self, spec: Spec, cgroup_procs: Vec<PathBuf>) -> Result<PendingSpawn<'_>, SpawnError> {
+    pub fn request_spawn(
+        &self,
+        spec: Spec,
+        cgroup_procs: Vec<PathBuf>,
+    ) -> Result<PendingSpawn<'_>, SpawnError> {
         let id = spec.id;
         let gated = spec.gated;
         let mut ends = Vec::new();
@@ -341,7 +408,11 @@ impl Zygote {
             ends.push(unsafe { (OwnedFd::from_raw_fd(read), OwnedFd::from_raw_fd(write)) });
         }
         let (tx, rx) = mpsc::channel();
-        self.shared.waiters.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+        self.shared
+            .waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
         let mut send_fds: Vec<RawFd> = ends.iter().map(|(_, w)| w.as_raw_fd()).collect();
         let start = if gated {
             let (read, write) = sys::pipe().map_err(SpawnError::Zygote)?;
@@ -364,14 +435,28 @@ impl Zygote {
             reads.push(read);
         }
         if let Err(err) = sent {
-            self.shared.waiters.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            self.shared
+                .waiters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
             return Err(SpawnError::Zygote(err));
         }
         let report = reads.pop().expect("three pipes");
         let stderr = reads.pop().expect("three pipes");
         let stdout = reads.pop().expect("three pipes");
-        let pipes = Pipes { stdout, stderr, report, start };
-        Ok(PendingSpawn { id, rx, pipes, zygote: self })
+        let pipes = Pipes {
+            stdout,
+            stderr,
+            report,
+            start,
+        };
+        Ok(PendingSpawn {
+            id,
+            rx,
+            pipes,
+            zygote: self,
+        })
     }
 }
 
@@ -384,17 +469,32 @@ pub struct PendingSpawn<'a> {
 }
 
 impl<'a> PendingSpawn<'a> {
-    /// Waits for the zygote's answer.
+    /// Waits for the zygote's reply.
     pub fn wait(self) -> Result<(Container<'a>, Pipes), SpawnError> {
-        let PendingSpawn { id, rx, pipes, zygote } = self;
-        // The zygote answers in milliseconds; a minute means it is stuck.
+        let PendingSpawn {
+            id,
+            rx,
+            pipes,
+            zygote,
+        } = self;
+        // The zygote replies within milliseconds, so a minute means it is stuck.
         match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(Reply::Spawned { pid, .. }) => Ok((Container { id, pid, rx, zygote }, pipes)),
+            Ok(Reply::Spawned { pid, .. }) => Ok((
+                Container {
+                    id,
+                    pid,
+                    rx,
+                    zygote,
+                },
+                pipes,
+            )),
             Ok(Reply::SpawnFailed { error, .. }) => Err(SpawnError::Setup(error)),
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                Err(SpawnError::Zygote(io::Error::other("the zygote did not answer within 60 s")))
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(SpawnError::Zygote(io::Error::other(
+                "the zygote did not reply within 60 s",
+            ))),
+            Ok(Reply::Exited { .. }) | Err(_) => {
+                Err(SpawnError::Zygote(io::Error::other("the zygote exited")))
             }
-            Ok(Reply::Exited { .. }) | Err(_) => Err(SpawnError::Zygote(io::Error::other("the zygote exited"))),
         }
     }
 }
@@ -407,7 +507,8 @@ pub struct Container<'a> {
     zygote: &'a Zygote,
 }
 
-/// How a container's init ended, from the zygote's `wait4`.
+/// The wait status and usage of a container's init, from the zygote's
+/// `wait4`.
 #[derive(Debug, Clone, Copy)]
 pub struct InitExit {
     pub status: i32,
@@ -423,7 +524,13 @@ impl Container<'_> {
     /// Sends a signal to the container's init. SIGTERM and SIGINT are
     /// forwarded to the test; SIGKILL ends the whole container.
     pub fn signal(&self, signal: i32) {
-        let _ = self.zygote.send(&Request::Kill { id: self.id, signal }, &[]);
+        let _ = self.zygote.send(
+            &Request::Kill {
+                id: self.id,
+                signal,
+            },
+            &[],
+        );
     }
 
     /// Waits up to `timeout` for init to be reaped.
@@ -455,13 +562,24 @@ mod os_string_pairs {
     use std::ffi::OsString;
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
-    pub fn serialize<S: serde::Serializer>(v: &[(OsString, OsString)], s: S) -> Result<S::Ok, S::Error> {
-        let bytes: Vec<(&[u8], &[u8])> = v.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect();
+    pub fn serialize<S: serde::Serializer>(
+        v: &[(OsString, OsString)],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let bytes: Vec<(&[u8], &[u8])> = v
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+            .collect();
         serde::Serialize::serialize(&bytes, s)
     }
 
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(OsString, OsString)>, D::Error> {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<(OsString, OsString)>, D::Error> {
         let pairs: Vec<(Vec<u8>, Vec<u8>)> = serde::Deserialize::deserialize(d)?;
-        Ok(pairs.into_iter().map(|(k, v)| (OsString::from_vec(k), OsString::from_vec(v))).collect())
+        Ok(pairs
+            .into_iter()
+            .map(|(k, v)| (OsString::from_vec(k), OsString::from_vec(v)))
+            .collect())
     }
 }

@@ -51,15 +51,20 @@ pub struct RootfsPlan {
     /// Whether overlayfs takes the `userxattr` option (Linux 5.11 and
     /// later); without it, deleting a lower file fails in a user namespace.
     pub userxattr: bool,
-    /// Use read-only binds where the plan says overlay, because the kernel
-    /// rejected overlayfs.
+    /// Use read-only binds in place of the planned overlays, because the
+    /// kernel rejected overlayfs.
     pub overlay_refused: bool,
 }
 
 /// Top-level directories whose host content the test must not see:
 /// credentials in home directories, sockets under /run, and the host's
 /// temporary files. Each becomes an empty directory.
-const HIDDEN: &[(&str, u32)] = &[("root", 0o700), ("home", 0o755), ("run", 0o755), ("tmp", 0o1777)];
+const HIDDEN: &[(&str, u32)] = &[
+    ("root", 0o700),
+    ("home", 0o755),
+    ("run", 0o755),
+    ("tmp", 0o1777),
+];
 
 /// Directories the container builds itself.
 const SPECIAL: &[&str] = &["proc", "sys", "dev"];
@@ -68,7 +73,11 @@ const SPECIAL: &[&str] = &["proc", "sys", "dev"];
 /// `extra` lists host paths that must stay visible even when a hidden
 /// directory contains them (the workspace, the target directory, the
 /// toolchain), each with whether it is copy-on-write or read-only.
-pub fn plan(staging: PathBuf, extra: &[(PathBuf, bool)], masks: &[PathBuf]) -> io::Result<RootfsPlan> {
+pub fn plan(
+    staging: PathBuf,
+    extra: &[(PathBuf, bool)],
+    masks: &[PathBuf],
+) -> io::Result<RootfsPlan> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
     let mount_points: Vec<PathBuf> = mountinfo
         .lines()
@@ -85,12 +94,18 @@ pub fn plan(staging: PathBuf, extra: &[(PathBuf, bool)], masks: &[PathBuf]) -> i
         let path = Path::new("/").join(name);
         let file_type = entry.file_type()?;
         if file_type.is_symlink() {
-            entries.push(Entry::Symlink { target: fs::read_link(&path)?, path });
+            entries.push(Entry::Symlink {
+                target: fs::read_link(&path)?,
+                path,
+            });
         } else if !file_type.is_dir() || SPECIAL.contains(&name) {
             continue;
         } else if let Some((_, mode)) = HIDDEN.iter().find(|(n, _)| *n == name) {
             entries.push(Entry::EmptyDir { path, mode: *mode });
-        } else if mount_points.iter().any(|m| m.starts_with(&path) && *m != path) {
+        } else if mount_points
+            .iter()
+            .any(|m| m.starts_with(&path) && *m != path)
+        {
             entries.push(Entry::BindReadOnly { path });
         } else if fs::read_dir(&path).is_ok_and(|mut d| d.next().is_none()) {
             entries.push(Entry::EmptyCopy { path });
@@ -108,7 +123,9 @@ pub fn plan(staging: PathBuf, extra: &[(PathBuf, bool)], masks: &[PathBuf]) -> i
         if visible || !path.is_dir() {
             continue;
         }
-        let has_submounts = mount_points.iter().any(|m| m.starts_with(path) && m != path);
+        let has_submounts = mount_points
+            .iter()
+            .any(|m| m.starts_with(path) && m != path);
         if *writable && !has_submounts {
             entries.push(Entry::Overlay { path: path.clone() });
         } else {
@@ -155,13 +172,22 @@ fn under(root: &Path, path: &Path) -> PathBuf {
 }
 
 fn make_dirs(path: &Path) -> Result<(), SetupError> {
-    io_step("create mount point", path, fs::DirBuilder::new().recursive(true).create(path))
+    io_step(
+        "create mount point",
+        path,
+        fs::DirBuilder::new().recursive(true).create(path),
+    )
 }
 
 /// Builds the root filesystem under the staging directory and makes it the
 /// root of the calling process. Runs in the container's init, inside its
 /// new user and mount namespaces, before `pivot_root`.
-pub fn build(plan: &RootfsPlan, tmpfs_size: u64, home: &Path, clock: &mut StepClock) -> Result<(), SetupError> {
+pub fn build(
+    plan: &RootfsPlan,
+    tmpfs_size: u64,
+    home: &Path,
+    clock: &mut StepClock,
+) -> Result<(), SetupError> {
     let none: Option<&str> = None;
     // Mount events must not travel back to the host: every later mount is
     // private to this namespace.
@@ -176,7 +202,13 @@ pub fn build(plan: &RootfsPlan, tmpfs_size: u64, home: &Path, clock: &mut StepCl
     step(
         "mount the container tmpfs",
         staging,
-        mount(Some("tmpfs"), staging, Some("tmpfs"), MsFlags::MS_NOSUID, Some(options.as_str())),
+        mount(
+            Some("tmpfs"),
+            staging,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID,
+            Some(options.as_str()),
+        ),
     )?;
     let root = staging.join("root");
     make_dirs(&root)?;
@@ -206,7 +238,11 @@ pub fn build(plan: &RootfsPlan, tmpfs_size: u64, home: &Path, clock: &mut StepCl
     if let Some(hosts) = &plan.hosts_file {
         let target = root.join("etc/hosts");
         if target.exists() {
-            step("bind /etc/hosts", &target, mount(Some(hosts), &target, none, MsFlags::MS_BIND, none))?;
+            step(
+                "bind /etc/hosts",
+                &target,
+                mount(Some(hosts), &target, none, MsFlags::MS_BIND, none),
+            )?;
             // One host file serves every container: a write would reach
             // the host's disk and the other tests.
             remount_read_only(&target)?;
@@ -216,7 +252,12 @@ pub fn build(plan: &RootfsPlan, tmpfs_size: u64, home: &Path, clock: &mut StepCl
     pivot(&root, clock)
 }
 
-fn build_entry(plan: &RootfsPlan, root: &Path, index: usize, entry: &Entry) -> Result<(), SetupError> {
+fn build_entry(
+    plan: &RootfsPlan,
+    root: &Path,
+    index: usize,
+    entry: &Entry,
+) -> Result<(), SetupError> {
     let none: Option<&str> = None;
     match entry {
         Entry::Symlink { path, target } => {
@@ -228,7 +269,11 @@ fn build_entry(plan: &RootfsPlan, root: &Path, index: usize, entry: &Entry) -> R
         Entry::EmptyDir { path, mode } => {
             let at = under(root, path);
             make_dirs(&at)?;
-            io_step("set permissions", &at, fs::set_permissions(&at, fs::Permissions::from_mode(*mode)))?;
+            io_step(
+                "set permissions",
+                &at,
+                fs::set_permissions(&at, fs::Permissions::from_mode(*mode)),
+            )?;
         }
         Entry::EmptyCopy { path } => {
             let at = under(root, path);
@@ -262,7 +307,13 @@ fn build_entry(plan: &RootfsPlan, root: &Path, index: usize, entry: &Entry) -> R
             if plan.userxattr {
                 options.push_str(",userxattr");
             }
-            let result = mount(Some("overlay"), &at, Some("overlay"), MsFlags::empty(), Some(options.as_str()));
+            let result = mount(
+                Some("overlay"),
+                &at,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(options.as_str()),
+            );
             result.map_err(|errno| SetupError {
                 step: "mount overlay".into(),
                 path: at.display().to_string(),
@@ -276,7 +327,13 @@ fn build_entry(plan: &RootfsPlan, root: &Path, index: usize, entry: &Entry) -> R
             step(
                 "bind read-only",
                 &at,
-                mount(Some(path), &at, none, MsFlags::MS_BIND | MsFlags::MS_REC, none),
+                mount(
+                    Some(path),
+                    &at,
+                    none,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    none,
+                ),
             )?;
             remount_read_only(&at)?;
         }
@@ -292,7 +349,9 @@ fn build_entry(plan: &RootfsPlan, root: &Path, index: usize, entry: &Entry) -> R
 /// directory keeps its owner and loses its write bits instead.
 fn match_owner(lower: &Path, upper: &Path) {
     use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = fs::metadata(lower) else { return };
+    let Ok(meta) = fs::metadata(lower) else {
+        return;
+    };
     let mut mode = meta.mode() & 0o7777;
     if meta.uid() != nix::unistd::geteuid().as_raw()
         && std::os::unix::fs::chown(upper, Some(meta.uid()), Some(meta.gid())).is_err()
@@ -310,13 +369,17 @@ pub struct StepClock {
 
 impl StepClock {
     pub fn new() -> StepClock {
-        StepClock { last: std::time::Instant::now(), steps: Vec::new() }
+        StepClock {
+            last: std::time::Instant::now(),
+            steps: Vec::new(),
+        }
     }
 
     /// Records the time since the previous lap under `name`, in microseconds.
     pub fn lap(&mut self, name: &'static str) {
         let now = std::time::Instant::now();
-        self.steps.push((name, (now - self.last).as_micros() as u64));
+        self.steps
+            .push((name, (now - self.last).as_micros() as u64));
         self.last = now;
     }
 }
@@ -324,7 +387,9 @@ impl StepClock {
 /// Escapes the characters overlayfs treats as separators in `lowerdir`.
 fn escape_overlay_path(path: &Path) -> String {
     let text = path.display().to_string();
-    text.replace('\\', "\\\\").replace(':', "\\:").replace(',', "\\,")
+    text.replace('\\', "\\\\")
+        .replace(':', "\\:")
+        .replace(',', "\\,")
 }
 
 /// Makes a bind mount read-only. Only the bind changes: a remount without
@@ -344,7 +409,15 @@ fn remount_read_only(at: &Path) -> Result<(), SetupError> {
             flags | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
             none,
         )
-        .or_else(|_| mount(none, at, none, flags | MsFlags::MS_NOSUID | MsFlags::MS_NODEV, none)),
+        .or_else(|_| {
+            mount(
+                none,
+                at,
+                none,
+                flags | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                none,
+            )
+        }),
         other => other,
     };
     step("remount read-only", at, result)
@@ -358,27 +431,48 @@ fn mount_proc(root: &Path) -> Result<(), SetupError> {
     let at = root.join("proc");
     make_dirs(&at)?;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    step("mount /proc", &at, mount(Some("proc"), &at, Some("proc"), flags, none))?;
-    // A test must not create user namespaces of its own: in one it holds
+    step(
+        "mount /proc",
+        &at,
+        mount(Some("proc"), &at, Some("proc"), flags, none),
+    )?;
+    // A test must not create user namespaces of its own: in one it has
     // every capability again, enough to mount its cgroups and raise its
     // own caps, whose files belong to the host's root when the runner runs
     // as root. The limit applies to this user namespace and all below it.
     let limit = at.join("sys/user/max_user_namespaces");
-    io_step("forbid nested user namespaces", &limit, fs::write(&limit, "0"))?;
+    io_step(
+        "forbid nested user namespaces",
+        &limit,
+        fs::write(&limit, "0"),
+    )?;
     // Files under /proc that the host's root owns are writable by the
     // test's uid 0 even without capabilities (PCI config space, IRQ
     // affinity, kernel settings): keep them read-only when that is who
     // the test is.
     let root_mapped = nix::unistd::getuid().is_root();
     let read_only: &[&str] = if root_mapped {
-        &["sys", "sysrq-trigger", "bus", "fs", "irq", "pressure", "acpi", "scsi"]
+        &[
+            "sys",
+            "sysrq-trigger",
+            "bus",
+            "fs",
+            "irq",
+            "pressure",
+            "acpi",
+            "scsi",
+        ]
     } else {
         &["sys", "sysrq-trigger"]
     };
     for path in read_only {
         let target = at.join(path);
         if target.exists() {
-            step("bind /proc read-only", &target, mount(Some(&target), &target, none, MsFlags::MS_BIND, none))?;
+            step(
+                "bind /proc read-only",
+                &target,
+                mount(Some(&target), &target, none, MsFlags::MS_BIND, none),
+            )?;
             remount_read_only(&target)?;
         }
     }
@@ -412,8 +506,16 @@ fn build_dev(root: &Path) -> Result<(), SetupError> {
             continue;
         }
         let target = dev.join(name);
-        io_step("create device node", &target, fs::File::create(&target).map(drop))?;
-        step("bind device node", &target, mount(Some(&host), &target, none, MsFlags::MS_BIND, none))?;
+        io_step(
+            "create device node",
+            &target,
+            fs::File::create(&target).map(drop),
+        )?;
+        step(
+            "bind device node",
+            &target,
+            mount(Some(&host), &target, none, MsFlags::MS_BIND, none),
+        )?;
     }
     let pts = dev.join("pts");
     make_dirs(&pts)?;
@@ -426,13 +528,21 @@ fn build_dev(root: &Path) -> Result<(), SetupError> {
     );
     match pts_result {
         Ok(()) => {
-            io_step("create /dev/ptmx", &dev.join("ptmx"), symlink("pts/ptmx", dev.join("ptmx")))?;
+            io_step(
+                "create /dev/ptmx",
+                &dev.join("ptmx"),
+                symlink("pts/ptmx", dev.join("ptmx")),
+            )?;
         }
         Err(errno) => tracing::debug!(%errno, "devpts not mounted"),
     }
     let shm = dev.join("shm");
     make_dirs(&shm)?;
-    io_step("set permissions", &shm, fs::set_permissions(&shm, fs::Permissions::from_mode(0o1777)))?;
+    io_step(
+        "set permissions",
+        &shm,
+        fs::set_permissions(&shm, fs::Permissions::from_mode(0o1777)),
+    )?;
     for (name, target) in [
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),
@@ -452,9 +562,17 @@ fn pivot(root: &Path, clock: &mut StepClock) -> Result<(), SetupError> {
     // directory for it is needed; the detach below then removes it.
     step("pivot_root", root, nix::unistd::pivot_root(".", "."))?;
     clock.lap("pivot_root");
-    step("detach the old root", Path::new("/"), umount2(".", MntFlags::MNT_DETACH))?;
+    step(
+        "detach the old root",
+        Path::new("/"),
+        umount2(".", MntFlags::MNT_DETACH),
+    )?;
     clock.lap("detach");
-    io_step("enter the new root", Path::new("/"), std::env::set_current_dir("/"))?;
+    io_step(
+        "enter the new root",
+        Path::new("/"),
+        std::env::set_current_dir("/"),
+    )?;
     Ok(())
 }
 
@@ -475,8 +593,14 @@ mod tests {
                 | Entry::EmptyDir { path, .. } => path == Path::new(name),
             })
         };
-        assert!(matches!(find("/root"), Some(Entry::EmptyDir { mode: 0o700, .. })));
-        assert!(matches!(find("/tmp"), Some(Entry::EmptyDir { mode: 0o1777, .. })));
+        assert!(matches!(
+            find("/root"),
+            Some(Entry::EmptyDir { mode: 0o700, .. })
+        ));
+        assert!(matches!(
+            find("/tmp"),
+            Some(Entry::EmptyDir { mode: 0o1777, .. })
+        ));
         assert!(find("/proc").is_none());
         if Path::new("/usr").is_dir() && !Path::new("/usr").is_symlink() {
             assert!(matches!(find("/usr"), Some(Entry::Overlay { .. })));
@@ -486,8 +610,15 @@ mod tests {
     #[test]
     fn workspace_under_hidden_dir_is_overlaid() {
         let dir = tempfile::tempdir_in("/tmp").unwrap();
-        let plan = plan(PathBuf::from("/x"), &[(dir.path().to_path_buf(), true)], &[]).unwrap();
-        assert!(plan.entries.contains(&Entry::Overlay { path: dir.path().to_path_buf() }));
+        let plan = plan(
+            PathBuf::from("/x"),
+            &[(dir.path().to_path_buf(), true)],
+            &[],
+        )
+        .unwrap();
+        assert!(plan.entries.contains(&Entry::Overlay {
+            path: dir.path().to_path_buf()
+        }));
     }
 
     #[test]

@@ -110,7 +110,11 @@ pub fn pipe() -> io::Result<(RawFd, RawFd)> {
 pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
     // SAFETY: fcntl on an fd has no memory-safety preconditions.
     let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
-    let flags = if on { flags | libc::FD_CLOEXEC } else { flags & !libc::FD_CLOEXEC };
+    let flags = if on {
+        flags | libc::FD_CLOEXEC
+    } else {
+        flags & !libc::FD_CLOEXEC
+    };
     // SAFETY: as above.
     check(unsafe { libc::fcntl(fd, libc::F_SETFD, flags) })?;
     Ok(())
@@ -207,7 +211,13 @@ pub fn drop_privileges() -> io::Result<()> {
     }
     // SAFETY: prctl with integer arguments only.
     unsafe {
-        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0);
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
     }
     // SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP |
     // SECBIT_NO_SETUID_FIXUP_LOCKED, from <linux/securebits.h>.
@@ -221,12 +231,15 @@ pub fn drop_privileges() -> io::Result<()> {
 
 /// Sets the soft and hard RLIMIT_NPROC of the calling process.
 pub fn set_nproc_limit(limit: u64) -> io::Result<()> {
-    let value = libc::rlimit { rlim_cur: limit as libc::rlim_t, rlim_max: limit as libc::rlim_t };
+    let value = libc::rlimit {
+        rlim_cur: limit as libc::rlim_t,
+        rlim_max: limit as libc::rlim_t,
+    };
     // SAFETY: `value` is a valid rlimit for the call.
     check(unsafe { libc::setrlimit(libc::RLIMIT_NPROC, &value) }).map(drop)
 }
 
-/// Returns the highest capability number the kernel knows. The zygote
+/// Returns the highest capability number the kernel supports. The zygote
 /// reads it once, and each container's init inherits the value.
 pub fn last_capability() -> libc::c_ulong {
     static LAST_CAP: std::sync::OnceLock<libc::c_ulong> = std::sync::OnceLock::new();

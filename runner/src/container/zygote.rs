@@ -12,8 +12,8 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 
 use super::init::{self, InitFds};
-use super::{sys, Reply, Request, RootfsPlan, SetupError, Spec};
 use super::{recv_message, send_message};
+use super::{sys, Reply, Request, RootfsPlan, SetupError, Spec};
 
 struct Running {
     id: u64,
@@ -34,7 +34,13 @@ struct Zygote {
 pub fn main(socket: RawFd) -> ! {
     // SAFETY: getuid and getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let mut zygote = Zygote { socket, plan: None, running: HashMap::new(), uid, gid };
+    let mut zygote = Zygote {
+        socket,
+        plan: None,
+        running: HashMap::new(),
+        uid,
+        gid,
+    };
     sys::block_signals(&[libc::SIGCHLD]);
     sys::last_capability();
     let sigchld = nix::sys::signalfd::SignalFd::with_flags(
@@ -49,8 +55,16 @@ pub fn main(socket: RawFd) -> ! {
 
     loop {
         let mut polls = [
-            libc::pollfd { fd: socket, events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: sigchld_fd, events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: socket,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sigchld_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         // SAFETY: `polls` is a valid array of two pollfd structs.
         let ready = unsafe { libc::poll(polls.as_mut_ptr(), 2, -1) };
@@ -86,12 +100,20 @@ impl Zygote {
             Request::Plan(plan) => self.plan = Some(plan),
             Request::Spawn { spec, cgroup_procs } => {
                 let reply = match (self.plan.clone(), fds.as_slice()) {
-                    (Some(plan), [stdout, stderr, report]) if !spec.gated => {
-                        self.spawn(&plan, &spec, &cgroup_procs, [*stdout, *stderr, *report], None)
-                    }
-                    (Some(plan), [stdout, stderr, report, start]) if spec.gated => {
-                        self.spawn(&plan, &spec, &cgroup_procs, [*stdout, *stderr, *report], Some(*start))
-                    }
+                    (Some(plan), [stdout, stderr, report]) if !spec.gated => self.spawn(
+                        &plan,
+                        &spec,
+                        &cgroup_procs,
+                        [*stdout, *stderr, *report],
+                        None,
+                    ),
+                    (Some(plan), [stdout, stderr, report, start]) if spec.gated => self.spawn(
+                        &plan,
+                        &spec,
+                        &cgroup_procs,
+                        [*stdout, *stderr, *report],
+                        Some(*start),
+                    ),
                     _ => Reply::SpawnFailed {
                         id: spec.id,
                         error: SetupError::internal("the zygote received no plan or wrong fds"),
@@ -125,7 +147,12 @@ impl Zygote {
     ) -> Reply {
         let (release_read, release_write) = match sys::pipe() {
             Ok(p) => p,
-            Err(err) => return Reply::SpawnFailed { id: spec.id, error: SetupError::io("create a pipe", "", &err) },
+            Err(err) => {
+                return Reply::SpawnFailed {
+                    id: spec.id,
+                    error: SetupError::io("create a pipe", "", &err),
+                }
+            }
         };
         let mut flags = libc::CLONE_NEWUSER
             | libc::CLONE_NEWNS
@@ -149,7 +176,13 @@ impl Zygote {
         };
         if pid == 0 {
             sys::close(release_write);
-            let fds = InitFds { stdout: fds[0], stderr: fds[1], report: fds[2], release: release_read, start };
+            let fds = InitFds {
+                stdout: fds[0],
+                stderr: fds[1],
+                report: fds[2],
+                release: release_read,
+                start,
+            };
             init::run(plan, spec, fds);
         }
         sys::close(release_read);
@@ -159,13 +192,25 @@ impl Zygote {
             Ok(()) => {
                 let _ = sys::write_all(release_write, b"1");
                 sys::close(release_write);
-                self.running.insert(pid, Running { id: spec.id, quiet: false });
+                self.running.insert(
+                    pid,
+                    Running {
+                        id: spec.id,
+                        quiet: false,
+                    },
+                );
                 Reply::Spawned { id: spec.id, pid }
             }
             Err(error) => {
                 let _ = sys::kill(pid, libc::SIGKILL);
                 sys::close(release_write);
-                self.running.insert(pid, Running { id: spec.id, quiet: true });
+                self.running.insert(
+                    pid,
+                    Running {
+                        id: spec.id,
+                        quiet: true,
+                    },
+                );
                 Reply::SpawnFailed { id: spec.id, error }
             }
         }
@@ -173,17 +218,25 @@ impl Zygote {
 
     /// Writes the child's uid and gid maps and moves it into its cgroups,
     /// while it waits on the release pipe.
-    fn configure_child(&self, pid: libc::pid_t, cgroup_procs: &[PathBuf]) -> Result<(), SetupError> {
+    fn configure_child(
+        &self,
+        pid: libc::pid_t,
+        cgroup_procs: &[PathBuf],
+    ) -> Result<(), SetupError> {
         for procs in cgroup_procs {
-            std::fs::write(procs, pid.to_string())
-                .map_err(|e| SetupError::io("join the test cgroup", &procs.display().to_string(), &e))?;
+            std::fs::write(procs, pid.to_string()).map_err(|e| {
+                SetupError::io("join the test cgroup", &procs.display().to_string(), &e)
+            })?;
         }
         let proc_dir = format!("/proc/{pid}");
         let (uid_map, gid_map) = if self.uid == 0 {
             // Root keeps the whole identity map, so files keep their owners.
             ("0 0 4294967295".to_string(), "0 0 4294967295".to_string())
         } else {
-            (format!("{0} {0} 1", self.uid), format!("{0} {0} 1", self.gid))
+            (
+                format!("{0} {0} 1", self.uid),
+                format!("{0} {0} 1", self.gid),
+            )
         };
         let write = |file: &str, value: &str, step: &'static str| {
             let path = format!("{proc_dir}/{file}");
@@ -202,11 +255,17 @@ impl Zygote {
 
     fn reap(&mut self) {
         while let Some((pid, status, rusage)) = sys::reap_any() {
-            let Some(running) = self.running.remove(&pid) else { continue };
+            let Some(running) = self.running.remove(&pid) else {
+                continue;
+            };
             if running.quiet {
                 continue;
             }
-            let reply = Reply::Exited { id: running.id, status, rusage };
+            let reply = Reply::Exited {
+                id: running.id,
+                status,
+                rusage,
+            };
             let _ = send_message(self.socket, &reply, &[]);
         }
     }

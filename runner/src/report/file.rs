@@ -20,7 +20,10 @@ const OUTPUT_TAIL: usize = 8 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     #[error("cannot read the report {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path} is not a run report of cargo-sandbox-test: {detail}")]
     Invalid { path: String, detail: String },
 }
@@ -31,7 +34,9 @@ pub struct HostInfo<'a> {
 }
 
 fn keep_tail(value: &mut Value, key: &str) {
-    let Some(text) = value[key].as_str() else { return };
+    let Some(text) = value[key].as_str() else {
+        return;
+    };
     if text.len() <= OUTPUT_TAIL {
         return;
     }
@@ -101,9 +106,14 @@ pub struct Baseline {
 impl Baseline {
     /// Reads a run report written with `--report`.
     pub fn load(path: &Path) -> Result<Baseline, ReportError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ReportError::Read { path: path.display().to_string(), source })?;
-        Baseline::parse(&text).map_err(|detail| ReportError::Invalid { path: path.display().to_string(), detail })
+        let text = std::fs::read_to_string(path).map_err(|source| ReportError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Baseline::parse(&text).map_err(|detail| ReportError::Invalid {
+            path: path.display().to_string(),
+            detail,
+        })
     }
 
     /// Parses the text of a run report.
@@ -114,10 +124,13 @@ impl Baseline {
             Some(other) => return Err(format!("schema `{other}` is not `{REPORT_SCHEMA}`")),
             None => return Err("the `schema` field is missing".into()),
         }
-        let tests = value["tests"].as_array().ok_or("the `tests` array is missing")?;
+        let tests = value["tests"]
+            .as_array()
+            .ok_or("the `tests` array is missing")?;
         let mut baseline = Baseline::default();
         for test in tests {
-            let (Some(binary), Some(name)) = (test["binary_id"].as_str(), test["name"].as_str()) else {
+            let (Some(binary), Some(name)) = (test["binary_id"].as_str(), test["name"].as_str())
+            else {
                 continue;
             };
             let usage = &test["usage"];
@@ -125,7 +138,10 @@ impl Baseline {
                 (Some(u), Some(s)) => Some(u + s),
                 _ => None,
             };
-            let passed = matches!(test["outcome"].as_str(), Some("passed" | "leaked" | "over-budget"));
+            let passed = matches!(
+                test["outcome"].as_str(),
+                Some("passed" | "leaked" | "over-budget")
+            );
             let recorded = Recorded {
                 passed,
                 memory_peak: usage["memory_peak"].as_f64(),
@@ -133,7 +149,9 @@ impl Baseline {
                 wall_time: usage["wall_time"].as_f64(),
                 tasks_peak: usage["tasks_peak"].as_f64(),
             };
-            baseline.tests.insert((binary.to_string(), name.to_string()), recorded);
+            baseline
+                .tests
+                .insert((binary.to_string(), name.to_string()), recorded);
         }
         Ok(baseline)
     }
@@ -151,24 +169,42 @@ impl Baseline {
     /// Compares a result with its baseline figures. A figure counts as
     /// grown when it rose by more than `threshold` (0.2 is 20%) and by more
     /// than a floor that keeps the noise of a busy machine out: 4 MiB of
-    /// memory, 100 ms of time. Growth below the floors says nothing.
+    /// memory, 100 ms of time. Growth below the floors is ignored.
     pub fn compare(&self, result: &TestResult, threshold: f64) -> Vec<Growth> {
-        let Some(before) = self.get(&result.binary_id, &result.name) else { return Vec::new() };
+        let Some(before) = self.get(&result.binary_id, &result.name) else {
+            return Vec::new();
+        };
         let usage = &result.usage;
         let cpu = match (usage.cpu_user, usage.cpu_system) {
             (Some(u), Some(s)) => Some((u + s).as_secs_f64()),
             _ => None,
         };
         let rows = [
-            ("peak memory", before.memory_peak, usage.memory_peak.map(|m| m as f64), MEMORY_FLOOR),
+            (
+                "peak memory",
+                before.memory_peak,
+                usage.memory_peak.map(|m| m as f64),
+                MEMORY_FLOOR,
+            ),
             ("CPU time", before.cpu_time, cpu, TIME_FLOOR),
-            ("wall time", before.wall_time, usage.wall_time.map(|d| d.as_secs_f64()), TIME_FLOOR),
+            (
+                "wall time",
+                before.wall_time,
+                usage.wall_time.map(|d| d.as_secs_f64()),
+                TIME_FLOOR,
+            ),
         ];
         let mut grown = Vec::new();
         for (figure, before, after, floor) in rows {
-            let (Some(before), Some(after)) = (before, after) else { continue };
+            let (Some(before), Some(after)) = (before, after) else {
+                continue;
+            };
             if after - before > floor && after > before * (1.0 + threshold) {
-                grown.push(Growth { figure, before, after });
+                grown.push(Growth {
+                    figure,
+                    before,
+                    after,
+                });
             }
         }
         grown
@@ -199,8 +235,17 @@ impl Growth {
                 format!("{v:.3}s")
             }
         };
-        let percent = if self.before > 0.0 { (self.after / self.before - 1.0) * 100.0 } else { f64::INFINITY };
-        format!("{} {} -> {} (+{percent:.0}%)", self.figure, format(self.before), format(self.after))
+        let percent = if self.before > 0.0 {
+            (self.after / self.before - 1.0) * 100.0
+        } else {
+            f64::INFINITY
+        };
+        format!(
+            "{} {} -> {} (+{percent:.0}%)",
+            self.figure,
+            format(self.before),
+            format(self.after)
+        )
     }
 }
 
@@ -260,16 +305,28 @@ pub fn suggest(baseline: &Baseline, headroom: f64, profile: &str) -> String {
         }
         let mut budgets = Vec::new();
         if let Some(m) = recorded.memory_peak {
-            budgets.push(format!("memory = \"{}\"", size_budget(with_headroom(m, headroom, MEMORY_FLOOR))));
+            budgets.push(format!(
+                "memory = \"{}\"",
+                size_budget(with_headroom(m, headroom, MEMORY_FLOOR))
+            ));
         }
         if let Some(c) = recorded.cpu_time {
-            budgets.push(format!("cpu-time = \"{}\"", time_budget(with_headroom(c, headroom, TIME_FLOOR))));
+            budgets.push(format!(
+                "cpu-time = \"{}\"",
+                time_budget(with_headroom(c, headroom, TIME_FLOOR))
+            ));
         }
         if let Some(w) = recorded.wall_time {
-            budgets.push(format!("wall-time = \"{}\"", time_budget(with_headroom(w, headroom, TIME_FLOOR))));
+            budgets.push(format!(
+                "wall-time = \"{}\"",
+                time_budget(with_headroom(w, headroom, TIME_FLOOR))
+            ));
         }
         if let Some(t) = recorded.tasks_peak {
-            budgets.push(format!("tasks = {}", with_headroom(t, headroom, 2.0).ceil() as u64));
+            budgets.push(format!(
+                "tasks = {}",
+                with_headroom(t, headroom, 2.0).ceil() as u64
+            ));
         }
         if budgets.is_empty() {
             continue;
@@ -278,11 +335,18 @@ pub fn suggest(baseline: &Baseline, headroom: f64, profile: &str) -> String {
             Some((p, t)) => (p, Some(t.rsplit('/').next().unwrap_or(t))),
             None => (binary.as_str(), None),
         };
-        out.push_str(&format!("\n[[profile.{profile}.overrides]]\npackage = {}\n", toml_string(package)));
+        out.push_str(&format!(
+            "\n[[profile.{profile}.overrides]]\npackage = {}\n",
+            toml_string(package)
+        ));
         if let Some(target) = target {
             out.push_str(&format!("binary = {}\n", toml_string(target)));
         }
-        out.push_str(&format!("test = {}\nbudgets = {{ {} }}\n", toml_string(name), budgets.join(", ")));
+        out.push_str(&format!(
+            "test = {}\nbudgets = {{ {} }}\n",
+            toml_string(name),
+            budgets.join(", ")
+        ));
     }
     out
 }
@@ -310,7 +374,10 @@ mod tests {
         let small = baseline.get("demo::api", "small").unwrap();
         assert_eq!(small.memory_peak, Some(10485760.0));
         assert!((small.cpu_time.unwrap() - 0.3).abs() < 1e-9);
-        assert_eq!(baseline.get("demo", "lib::unmeasured").unwrap().memory_peak, None);
+        assert_eq!(
+            baseline.get("demo", "lib::unmeasured").unwrap().memory_peak,
+            None
+        );
     }
 
     #[test]
@@ -332,7 +399,10 @@ mod tests {
         assert!(text.contains("wall-time = \"630ms\""), "{text}");
         assert!(text.contains("tasks = 5"), "{text}");
         // Only wall time was measured for the second test: 4 ms + 100 ms.
-        assert!(text.contains("test = \"lib::unmeasured\"\nbudgets = { wall-time = \"110ms\" }"), "{text}");
+        assert!(
+            text.contains("test = \"lib::unmeasured\"\nbudgets = { wall-time = \"110ms\" }"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -344,7 +414,10 @@ mod tests {
 
     #[test]
     fn failed_tests_get_no_budgets() {
-        let report = REPORT.replace("\"outcome\": \"passed\", \"usage\": {\"memory_peak\": 10485760", "\"outcome\": \"failed\", \"usage\": {\"memory_peak\": 10485760");
+        let report = REPORT.replace(
+            "\"outcome\": \"passed\", \"usage\": {\"memory_peak\": 10485760",
+            "\"outcome\": \"failed\", \"usage\": {\"memory_peak\": 10485760",
+        );
         let text = suggest(&Baseline::parse(&report).unwrap(), 0.25, "default");
         assert!(!text.contains("test = \"small\""), "{text}");
     }

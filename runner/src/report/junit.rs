@@ -27,15 +27,23 @@ fn properties(result: &TestResult) -> Vec<Property> {
     let usage = &result.usage;
     let mut props = Vec::new();
     let mut add = |name: &str, value: Option<String>| {
-        props.push(Property::new(name, value.unwrap_or_else(|| "unavailable".into())));
+        props.push(Property::new(
+            name,
+            value.unwrap_or_else(|| "unavailable".into()),
+        ));
     };
     let secs = |d: Option<std::time::Duration>| d.map(|d| format!("{:.6}", d.as_secs_f64()));
-    let outcome = serde_json::to_value(result.outcome).ok().and_then(|v| v.as_str().map(str::to_string));
+    let outcome = serde_json::to_value(result.outcome)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string));
     add("outcome", outcome);
     add("wall-time-seconds", secs(usage.wall_time));
     add("cpu-user-seconds", secs(usage.cpu_user));
     add("cpu-system-seconds", secs(usage.cpu_system));
-    add("memory-peak-bytes", usage.memory_peak.map(|v| v.to_string()));
+    add(
+        "memory-peak-bytes",
+        usage.memory_peak.map(|v| v.to_string()),
+    );
     add("tasks-peak", usage.tasks_peak.map(|v| v.to_string()));
     add("oom-kills", usage.oom_kills.map(|v| v.to_string()));
     add("leaked-processes", usage.leaked.map(|v| v.to_string()));
@@ -43,10 +51,16 @@ fn properties(result: &TestResult) -> Vec<Property> {
         props.push(Property::new("budget-memory", mib(m)));
     }
     if let Some(d) = result.budgets.cpu_time {
-        props.push(Property::new("budget-cpu-time-seconds", format!("{:.6}", d.as_secs_f64())));
+        props.push(Property::new(
+            "budget-cpu-time-seconds",
+            format!("{:.6}", d.as_secs_f64()),
+        ));
     }
     if let Some(d) = result.budgets.wall_time {
-        props.push(Property::new("budget-wall-time-seconds", format!("{:.6}", d.as_secs_f64())));
+        props.push(Property::new(
+            "budget-wall-time-seconds",
+            format!("{:.6}", d.as_secs_f64()),
+        ));
     }
     if let Some(t) = result.budgets.tasks {
         props.push(Property::new("budget-tasks", t.to_string()));
@@ -68,7 +82,9 @@ fn test_case(result: &TestResult) -> TestCase {
             };
             let mut status = TestCaseStatus::non_success(kind);
             status.set_message(reason(result).unwrap_or_default());
-            let kind = serde_json::to_value(outcome).ok().and_then(|v| v.as_str().map(str::to_string));
+            let kind = serde_json::to_value(outcome)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string));
             status.set_type(kind.unwrap_or_default());
             status.set_description(tail(&result.stderr.text(), 16 * 1024).to_string());
             status
@@ -92,7 +108,11 @@ fn test_case(result: &TestResult) -> TestCase {
 }
 
 /// Writes a JUnit XML report of the results to `path`.
-pub fn write(path: &Path, results: &[TestResult], elapsed: std::time::Duration) -> std::io::Result<()> {
+pub fn write(
+    path: &Path,
+    results: &[TestResult],
+    elapsed: std::time::Duration,
+) -> std::io::Result<()> {
     let mut suites: BTreeMap<&str, Vec<&TestResult>> = BTreeMap::new();
     for r in results {
         suites.entry(r.binary_id.as_str()).or_default().push(r);

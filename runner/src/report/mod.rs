@@ -18,7 +18,7 @@ use crate::supervise::TestResult;
 /// Version of the JSON event stream; bumped on incompatible changes.
 pub const EVENT_SCHEMA: &str = "cargo-sandbox-test/events/v1";
 
-/// How the run reports.
+/// The output format of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum MessageFormat {
     /// Lines for people, on standard error
@@ -106,10 +106,16 @@ pub fn reason(result: &TestResult) -> Option<String> {
     };
     let text = match result.outcome {
         Outcome::Passed | Outcome::Ignored => return None,
-        Outcome::Leaked => format!("{} process(es) left running", result.usage.leaked.unwrap_or(0)),
+        Outcome::Leaked => format!(
+            "{} process(es) left running",
+            result.usage.leaked.unwrap_or(0)
+        ),
         Outcome::Failed if result.exit.is_none() => "failed".into(),
         Outcome::Failed | Outcome::Signaled => exit,
-        Outcome::TimedOut => format!("timed out after {}", humantime::format_duration(result.timeout)),
+        Outcome::TimedOut => format!(
+            "timed out after {}",
+            humantime::format_duration(result.timeout)
+        ),
         Outcome::OomKilled => match result.caps.memory {
             Some(cap) => format!("killed by the OOM killer at the memory cap of {}", mib(cap)),
             None => "killed by the OOM killer".into(),
@@ -124,7 +130,12 @@ pub fn reason(result: &TestResult) -> Option<String> {
         },
         Outcome::Cancelled => "the run was interrupted".into(),
         Outcome::OverBudget => {
-            let breaches: Vec<&str> = result.judgement.breaches.iter().map(|b| b.message.as_str()).collect();
+            let breaches: Vec<&str> = result
+                .judgement
+                .breaches
+                .iter()
+                .map(|b| b.message.as_str())
+                .collect();
             breaches.join(", ")
         }
     };
@@ -166,7 +177,11 @@ pub fn result_json(result: &TestResult) -> Value {
 
 impl Reporter {
     pub fn new(format: MessageFormat) -> Reporter {
-        Reporter { format, started: Instant::now(), progress: None }
+        Reporter {
+            format,
+            started: Instant::now(),
+            progress: None,
+        }
     }
 
     fn event(&self, value: Value) {
@@ -200,7 +215,11 @@ impl Reporter {
                 "cgroups": cgroups,
             })),
             MessageFormat::Human => {
-                let each = if per_binary { "one container per binary" } else { "one container per test" };
+                let each = if per_binary {
+                    "one container per binary"
+                } else {
+                    "one container per test"
+                };
                 eprintln!(
                     "    Starting {} across {} ({skipped} skipped), {}, {each}",
                     plural(running, "test"),
@@ -232,7 +251,9 @@ impl Reporter {
 
     pub fn test_started(&mut self, test: &TestCase) {
         if self.format == MessageFormat::Json {
-            self.event(json!({ "event": "test-started", "binary_id": test.binary.id, "name": test.name }));
+            self.event(
+                json!({ "event": "test-started", "binary_id": test.binary.id, "name": test.name }),
+            );
         }
     }
 
@@ -245,7 +266,11 @@ impl Reporter {
             }
             MessageFormat::Human => {
                 let label = result.outcome.label(result.fail_on_leak);
-                let secs = result.usage.wall_time.or(result.usage.container_time).unwrap_or_default();
+                let secs = result
+                    .usage
+                    .wall_time
+                    .or(result.usage.container_time)
+                    .unwrap_or_default();
                 let memory = match result.usage.memory_peak {
                     Some(m) => mib(m),
                     None if result.outcome == Outcome::Ignored => String::new(),
@@ -293,9 +318,16 @@ impl Reporter {
         summary
     }
 
-    fn print_failures_and_summary(&self, results: &[TestResult], summary: &Summary, elapsed: Duration) {
-        let failures: Vec<&TestResult> =
-            results.iter().filter(|r| r.is_failure() && r.outcome != Outcome::Cancelled).collect();
+    fn print_failures_and_summary(
+        &self,
+        results: &[TestResult],
+        summary: &Summary,
+        elapsed: Duration,
+    ) {
+        let failures: Vec<&TestResult> = results
+            .iter()
+            .filter(|r| r.is_failure() && r.outcome != Outcome::Cancelled)
+            .collect();
         for r in &failures {
             for (stream, captured) in [("STDOUT", &r.stdout), ("STDERR", &r.stderr)] {
                 if captured.is_empty() {
@@ -314,7 +346,12 @@ impl Reporter {
         if !failures.is_empty() {
             eprintln!("\nFailed tests:");
             for r in &failures {
-                eprintln!("    {} {}: {}", r.binary_id, r.name, reason(r).unwrap_or_default());
+                eprintln!(
+                    "    {} {}: {}",
+                    r.binary_id,
+                    r.name,
+                    reason(r).unwrap_or_default()
+                );
             }
         }
         eprintln!(
@@ -324,7 +361,10 @@ impl Reporter {
             summary.cancelled,
             summary.leaked,
         );
-        eprintln!("Summary: {} passed, {} failed, {} skipped", summary.passed, summary.failed, summary.ignored);
+        eprintln!(
+            "Summary: {} passed, {} failed, {} skipped",
+            summary.passed, summary.failed, summary.ignored
+        );
     }
 }
 
@@ -332,20 +372,33 @@ impl Reporter {
 /// output cannot move the cursor, retitle the terminal or clear it.
 fn printable(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_control() && c != '\n' && c != '\t' { char::REPLACEMENT_CHARACTER } else { c })
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
 /// Prints the tests with the highest peak memory, CPU time and wall time.
 fn print_top(results: &[TestResult]) {
     const ROWS: usize = 5;
-    let ran: Vec<&TestResult> = results.iter().filter(|r| r.outcome != Outcome::Ignored).collect();
+    let ran: Vec<&TestResult> = results
+        .iter()
+        .filter(|r| r.outcome != Outcome::Ignored)
+        .collect();
     if ran.len() < 2 {
         return;
     }
     type Pick = fn(&TestResult) -> Option<f64>;
     let tables: [(&str, Pick, fn(f64) -> String); 3] = [
-        ("peak memory", |r| r.usage.memory_peak.map(|m| m as f64), |v| mib(v as u64)),
+        (
+            "peak memory",
+            |r| r.usage.memory_peak.map(|m| m as f64),
+            |v| mib(v as u64),
+        ),
         (
             "CPU time",
             |r| match (r.usage.cpu_user, r.usage.cpu_system) {
@@ -354,10 +407,17 @@ fn print_top(results: &[TestResult]) {
             },
             |v| format!("{v:.3}s"),
         ),
-        ("wall time", |r| r.usage.wall_time.map(|d| d.as_secs_f64()), |v| format!("{v:.3}s")),
+        (
+            "wall time",
+            |r| r.usage.wall_time.map(|d| d.as_secs_f64()),
+            |v| format!("{v:.3}s"),
+        ),
     ];
     for (title, pick, format) in tables {
-        let mut rows: Vec<(f64, &TestResult)> = ran.iter().filter_map(|r| pick(r).map(|v| (v, *r))).collect();
+        let mut rows: Vec<(f64, &TestResult)> = ran
+            .iter()
+            .filter_map(|r| pick(r).map(|v| (v, *r)))
+            .collect();
         if rows.is_empty() {
             eprintln!("\nTop {title}: unavailable on this host");
             continue;
@@ -373,7 +433,10 @@ fn print_top(results: &[TestResult]) {
 /// Prints every budget breach, unchecked budget and growth past the
 /// baseline.
 fn print_breaches_and_growth(results: &[TestResult]) {
-    let breaches: Vec<&TestResult> = results.iter().filter(|r| !r.judgement.breaches.is_empty()).collect();
+    let breaches: Vec<&TestResult> = results
+        .iter()
+        .filter(|r| !r.judgement.breaches.is_empty())
+        .collect();
     if !breaches.is_empty() {
         eprintln!("\nBudget breaches:");
         for r in breaches {
@@ -382,11 +445,19 @@ fn print_breaches_and_growth(results: &[TestResult]) {
             }
         }
     }
-    let unchecked: Vec<&TestResult> = results.iter().filter(|r| !r.judgement.unchecked.is_empty()).collect();
+    let unchecked: Vec<&TestResult> = results
+        .iter()
+        .filter(|r| !r.judgement.unchecked.is_empty())
+        .collect();
     if !unchecked.is_empty() {
         eprintln!("\nBudgets unchecked (the host did not measure the figure):");
         for r in unchecked {
-            let figures: Vec<String> = r.judgement.unchecked.iter().map(|f| format!("{f:?}")).collect();
+            let figures: Vec<String> = r
+                .judgement
+                .unchecked
+                .iter()
+                .map(|f| format!("{f:?}"))
+                .collect();
             eprintln!("    {} {}: {}", r.binary_id, r.name, figures.join(", "));
         }
     }
@@ -404,7 +475,14 @@ fn print_breaches_and_growth(results: &[TestResult]) {
 /// Returns this process's peak resident set (VmHWM) in bytes.
 pub fn runner_peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
     Some(kib * 1024)
 }
 
@@ -424,7 +502,10 @@ pub fn print_timings(results: &[TestResult]) {
         ("leak wait", |p| p.leak_wait),
         ("teardown (reap, usage, rmdir)", |p| p.teardown),
     ];
-    eprintln!("\n     Timings over {} containers (median / p90, milliseconds)", phases.len());
+    eprintln!(
+        "\n     Timings over {} containers (median / p90, milliseconds)",
+        phases.len()
+    );
     for (label, pick) in rows {
         let mut values: Vec<Duration> = phases.iter().filter_map(pick).collect();
         if values.is_empty() {
