@@ -10,7 +10,7 @@ use clap::Parser;
 
 use crate::cgroup::{Caps, Controller, Layout, RunCgroups};
 use crate::config::{parse_duration, parse_size, Config, TestIdentity};
-use crate::container::{self, ZygoteHandle};
+use crate::container::{self, RootfsPlan, ZygoteHandle};
 use crate::plan::{self, BuildArgs, Filter, TestCase, Toolchain};
 use crate::report::file::Baseline;
 use crate::report::{MessageFormat, Reporter, Summary};
@@ -750,9 +750,20 @@ impl Sandbox {
             Some(setup_cgroups(zygote.pid(), cli.require_cgroups)?)
         };
         let home = container_home();
-        let zygote = zygote
-            .connect(&rootfs)
-            .map_err(|e| format!("cannot reach the container zygote: {e}"))?;
+        let abandon = |message: String| {
+            if let Some(c) = &cgroups {
+                c.teardown();
+            }
+            let _ = std::fs::remove_dir_all(&staging);
+            message
+        };
+        let zygote = match zygote.connect(&rootfs) {
+            Ok(z) => z,
+            Err(e) => return Err(abandon(format!("cannot reach the container zygote: {e}"))),
+        };
+        if let Err(error) = check_container(&zygote, &mut rootfs, &home, cli.tmpfs_size) {
+            return Err(abandon(error));
+        }
         let overlay = !rootfs.overlay_refused;
         Ok(Sandbox {
             zygote,
@@ -949,6 +960,41 @@ impl Sandbox {
         }
         let _ = std::fs::remove_dir_all(&self.staging);
     }
+}
+
+/// Builds one container before any test runs, so a host that cannot build
+/// them stops the run with the failing step, the kernel error and the fix.
+/// When only overlayfs is refused, switches to read-only binds and says so
+/// once.
+fn check_container(
+    zygote: &container::Zygote,
+    rootfs: &mut RootfsPlan,
+    home: &Path,
+    tmpfs_size: u64,
+) -> Result<(), String> {
+    let describe = |error: &container::SetupError| match error.hint() {
+        Some(hint) => format!("{error}\nhint: {hint}"),
+        None => error.to_string(),
+    };
+    let error = match crate::supervise::preflight(zygote, home, tmpfs_size) {
+        Ok(()) => return Ok(()),
+        Err(error) => error,
+    };
+    if error.step != "mount overlay" || rootfs.overlay_refused {
+        return Err(describe(&error));
+    }
+    rootfs.overlay_refused = true;
+    zygote
+        .set_plan(rootfs)
+        .map_err(|e| format!("cannot reach the container zygote: {e}"))?;
+    crate::supervise::preflight(zygote, home, tmpfs_size).map_err(|e| describe(&e))?;
+    eprintln!(
+        "warning: overlayfs refused ({}: {}); using read-only binds instead, so tests can write \
+         only in /tmp, HOME and /dev/shm. Fix: Linux 5.11 or later, and a temporary directory \
+         (TMPDIR) that is not itself on overlayfs",
+        error.path, error.detail
+    );
+    Ok(())
 }
 
 /// Creates the run's cgroups and warns once about missing controllers, or

@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -794,6 +794,54 @@ pub fn capture(
         stdout: String::from_utf8_lossy(&outputs[0]).into_owned(),
         stderr: String::from_utf8_lossy(&outputs[1]).into_owned(),
     })
+}
+
+/// Starts one container that runs `true`, to find a setup failure before
+/// any test runs. Returns `Ok` when the host has no `true` to run.
+pub fn preflight(zygote: &Zygote, home: &Path, tmpfs_size: u64) -> Result<(), SetupError> {
+    let Some(program) = ["/usr/bin/true", "/bin/true"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+    else {
+        return Ok(());
+    };
+    let spec = Spec {
+        id: u64::MAX,
+        program,
+        args: Vec::new(),
+        env: Vec::new(),
+        cwd: "/".into(),
+        home: home.to_path_buf(),
+        hostname: "sandbox".into(),
+        network: false,
+        tmpfs_size,
+        leak_timeout_ms: 0,
+        gated: false,
+        nproc_limit: None,
+    };
+    let (container, pipes) = zygote.spawn(spec, Vec::new()).map_err(spawn_error)?;
+    drop(pipes.stdout);
+    drop(pipes.stderr);
+    let _ = nix::fcntl::fcntl(
+        &pipes.report,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    );
+    let mut report = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = nix::unistd::read(&pipes.report, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        report.extend_from_slice(&buf[..n]);
+    }
+    let _ = container.wait(Duration::from_secs(10));
+    for line in report.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        if let Ok(InitReport::Setup { error }) = serde_json::from_slice::<InitReport>(line) {
+            return Err(error);
+        }
+    }
+    Ok(())
 }
 
 fn ctx_free_spawn(zygote: &Zygote, spec: Spec) -> Result<(Container<'_>, Pipes), String> {

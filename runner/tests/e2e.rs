@@ -760,3 +760,46 @@ fn per_binary_rejects_forged_verdicts() {
     assert_eq!(run.code, 100, "{}", run.stderr);
     assert_eq!(run.outcome("fails_for_real"), "failed", "{}", run.stderr);
 }
+
+#[test]
+fn refused_overlay_falls_back_to_binds() {
+    if !is_root() {
+        println!("skipped: stacking overlays for this check needs root");
+        return;
+    }
+    // The fixture seen through two stacked overlays, in a private mount
+    // namespace: the runner's own overlay over it would be a third level,
+    // which the kernel refuses (as in a container inside a container).
+    let parent = fixture_dir().parent().unwrap().to_path_buf();
+    let script = r#"
+        set -e
+        base=$(mktemp -d)
+        mount -t tmpfs stack "$base"
+        mkdir -p "$base/u1" "$base/w1" "$base/m1" "$base/u2" "$base/w2" "$base/m2"
+        mount -t overlay stack1 -o "lowerdir=$1,upperdir=$base/u1,workdir=$base/w1" "$base/m1"
+        mount -t overlay stack2 -o "lowerdir=$base/m1,upperdir=$base/u2,workdir=$base/w2" "$base/m2"
+        exec "$2" --manifest-path "$base/m2/misbehave/Cargo.toml" --test verdicts --exact passes --message-format json
+    "#;
+    let output = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "stack",
+        ])
+        .arg(&parent)
+        .arg(env!("CARGO_BIN_EXE_cargo-sandbox-test"))
+        .output()
+        .unwrap();
+    let run = Run::from_output(output);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("warning: overlayfs refused"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.outcome("passes"), "passed");
+}

@@ -348,6 +348,13 @@ pub struct Zygote {
     shared: Arc<Shared>,
 }
 
+impl Zygote {
+    /// Replaces the root filesystem plan for containers started from now on.
+    pub fn set_plan(&self, plan: &RootfsPlan) -> io::Result<()> {
+        self.send(&Request::Plan(plan.clone()), &[])
+    }
+}
+
 impl Drop for Zygote {
     /// Shuts the socket down so the zygote reads end of file and exits,
     /// killing any container still running, even while the reply thread
