@@ -122,7 +122,9 @@ fn controller_effect(controller: Controller) -> &'static str {
         Controller::Memory => "no memory cap; peak memory and OOM kills unavailable",
         Controller::Cpu => "no CPU quota",
         Controller::Cpuacct => "CPU time comes from wait4",
-        Controller::Pids => "no tasks cap; peak tasks unavailable",
+        Controller::Pids => {
+            "tasks capped by RLIMIT_NPROC instead (never for root); peak tasks unavailable"
+        }
         Controller::Freezer => "a stopped test's processes are killed without being frozen first",
     }
 }
@@ -343,9 +345,9 @@ mod tests {
         let check = controller_check(Controller::Pids, None, None);
         assert_eq!(check.status, Status::Degraded);
         assert!(
-            check
-                .detail
-                .ends_with("no tasks cap; peak tasks unavailable"),
+            check.detail.ends_with(
+                "tasks capped by RLIMIT_NPROC instead (never for root); peak tasks unavailable"
+            ),
             "{}",
             check.detail
         );
