@@ -621,3 +621,64 @@ fn read_key(path: &Path, key: &str) -> Option<u64> {
         (k == key).then(|| v.trim().parse().ok()).flatten()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Exercises the v2 code on whatever cgroup2 tree this host mounts,
+    /// with or without controllers: attaching a process, reading
+    /// `cpu.stat` (a core file of every v2 cgroup), `cgroup.kill` and
+    /// removal. On a hybrid host this is the otherwise idle v2 tree.
+    #[test]
+    fn v2_cgroup_for_real() {
+        let layout = Layout::detect().unwrap();
+        let Some(own) = layout.unified.clone() else {
+            println!("skipped: no cgroup2 tree is mounted");
+            return;
+        };
+        let dir = own.join(format!("cargo-sandbox-test-unit.{}", std::process::id()));
+        if let Err(err) = fs::create_dir(&dir) {
+            println!("skipped: cannot create {}: {err}", dir.display());
+            return;
+        }
+        let cgroup = TestCgroup {
+            dirs: vec![TestDir {
+                version: Version::V2,
+                dir: dir.clone(),
+                controllers: vec![Controller::Cpuacct, Controller::Freezer],
+            }],
+        };
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .unwrap();
+        let attached = fs::write(dir.join("cgroup.procs"), child.id().to_string());
+        if let Err(err) = attached {
+            let _ = child.kill();
+            let _ = child.wait();
+            cgroup.remove();
+            println!(
+                "skipped: cannot move a process into {}: {err}",
+                dir.display()
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let usage = cgroup.usage();
+        assert!(cgroup.is_populated());
+        assert!(
+            usage.cpu_user.unwrap() + usage.cpu_system.unwrap() > Duration::from_millis(50),
+            "{usage:?}"
+        );
+
+        cgroup.kill_all();
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        cgroup.remove();
+        assert!(!dir.exists());
+    }
+}
