@@ -96,7 +96,17 @@ fn cpus_arg(text: &str) -> Result<f64, String> {
     }
 }
 
+/// The most bytes `--env` may add: each container's request to the zygote
+/// travels as one socket message of at most 256 KiB.
+const MAX_ENV_BYTES: usize = 128 << 10;
+
 fn env_arg(text: &str) -> Result<(String, Option<String>), String> {
+    if text.len() > MAX_ENV_BYTES {
+        return Err(format!(
+            "the variable is {} bytes; `--env` takes at most {MAX_ENV_BYTES} bytes in all, so pass large data in a file",
+            text.len()
+        ));
+    }
     let (name, value) = match text.split_once('=') {
         Some((n, v)) => (n, Some(v.to_string())),
         None => (text, None),
@@ -387,6 +397,18 @@ pub fn run(cli: Cli, zygote: ZygoteHandle) -> i32 {
         }
     };
     let jobs = cli.jobs();
+    let env_bytes: usize = cli
+        .env
+        .iter()
+        .map(|(n, v)| n.len() + v.as_ref().map_or(0, String::len))
+        .sum();
+    if env_bytes > MAX_ENV_BYTES {
+        eprintln!(
+            "error: `--env` values add up to {env_bytes} bytes, more than the {MAX_ENV_BYTES} a container's \
+             request can carry; pass large data in a file"
+        );
+        return exit_code::USAGE;
+    }
 
     let metadata = match plan::workspace_metadata(&cli.build) {
         Ok(m) => m,
@@ -492,11 +514,11 @@ fn list_and_run(
         let id = ids.fetch_add(1, Ordering::SeqCst);
         crate::supervise::capture(
             &sandbox.zygote,
+            sandbox.cgroups.as_ref(),
             binary,
             args,
             &options,
             id,
-            Duration::from_secs(60),
             &sandbox.cancel,
         )
     };
@@ -535,11 +557,15 @@ fn list_and_run(
 fn listing_options(cli: &Cli, home: &Path) -> RunOptions {
     RunOptions {
         caps: Caps {
-            memory: None,
-            cpus: None,
+            memory: Some(cli.memory.unwrap_or(defaults::MEMORY)),
+            cpus: cli.cpus,
             pids: Some(cli.pids.unwrap_or(defaults::PIDS)),
         },
-        timeout: Duration::from_secs(60),
+        // Listing takes milliseconds; a minute means the binary is stuck.
+        timeout: cli
+            .timeout
+            .unwrap_or(defaults::TIMEOUT)
+            .min(Duration::from_secs(60)),
         kill_grace: cli.kill_grace,
         leak_timeout: Duration::ZERO,
         fail_on_leak: false,
@@ -722,10 +748,13 @@ impl Sandbox {
             for sub in ["bin", "registry", "git"] {
                 extra.push((dir.join(sub), false));
             }
-            masks.extend(["credentials.toml", "credentials"].map(|f| dir.join(f)));
+            // Registry tokens may sit in the config files too.
+            masks.extend(
+                ["credentials.toml", "credentials", "config.toml", "config"].map(|f| dir.join(f)),
+            );
         }
-        // A test of a root run is uid 0 on the host's files: the password
-        // hashes stay out of its view all the same.
+        // A test of a root run is uid 0 on the host's files: password
+        // hashes and private keys stay out of its view all the same.
         if nix::unistd::geteuid().is_root() {
             masks.extend(
                 [
@@ -733,9 +762,17 @@ impl Sandbox {
                     "/etc/gshadow",
                     "/etc/shadow-",
                     "/etc/gshadow-",
+                    "/etc/ssl/private",
                 ]
                 .map(PathBuf::from),
             );
+            if let Ok(entries) = std::fs::read_dir("/etc/ssh") {
+                let keys = entries.flatten().map(|e| e.path()).filter(|p| {
+                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                    name.starts_with("ssh_host_") && name.ends_with("_key")
+                });
+                masks.extend(keys);
+            }
         }
         let mut rootfs = container::rootfs::plan(staging.join("mnt"), &extra, &masks)
             .map_err(|e| format!("cannot read the host's mounts: {e}"))?;

@@ -670,7 +670,10 @@ fn list_binary(binary: &Arc<TestBinary>, lister: &Lister) -> Result<Vec<TestCase
         return Err(PlanError::List {
             binary: binary.id.clone(),
             path: binary.path.clone(),
-            detail: "its `--list --format terse` output is not in libtest's format".into(),
+            detail: "its `--list --format terse` output is not in libtest's format; a custom \
+                     harness must print `NAME: test` lines, as libtest-mimic does, or set \
+                     `harness = false` in Cargo.toml to run as one test"
+                .into(),
         });
     };
     let ignored = ignored?.unwrap_or_default();

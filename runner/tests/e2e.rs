@@ -380,6 +380,7 @@ fn isolation_checks_pass_inside() {
         "hosts_file_is_read_only",
         "host_kernel_files_are_read_only",
         "only_standard_fds_are_open",
+        "kernel_keyrings_are_out_of_reach",
     ] {
         assert_eq!(run.outcome(name), "passed", "{name}: {}", run.result(name));
     }

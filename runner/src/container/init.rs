@@ -248,6 +248,9 @@ fn spawn_test(spec: &Spec, fds: &InitFds) -> Result<libc::pid_t, SetupError> {
     if let Err(err) = sys::drop_privileges() {
         fail("drop capabilities", err);
     }
+    if let Err(err) = sys::deny_keyring_syscalls() {
+        fail("install the seccomp filter", err);
+    }
     let _ = sys::set_cloexec(fds.report, true);
     // SAFETY: argv and envp are NULL-terminated arrays of valid C strings
     // that outlive the call.

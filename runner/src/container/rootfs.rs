@@ -33,8 +33,9 @@ pub enum Entry {
     /// host directory, with its owner and mode: the same view and the same
     /// copy-on-write behaviour as an overlay, without a mount.
     EmptyCopy { path: PathBuf },
-    /// A host file the test must not read, such as cargo's registry
-    /// credentials: `/dev/null` is bound over it.
+    /// A host file or directory the test must not read, such as cargo's
+    /// registry credentials: `/dev/null` or an empty read-only directory
+    /// is bound over it.
     Mask { path: PathBuf },
 }
 
@@ -134,7 +135,7 @@ pub fn plan(
     }
 
     for path in masks {
-        if path.is_file() {
+        if path.exists() {
             entries.push(Entry::Mask { path: path.clone() });
         }
     }
@@ -282,7 +283,16 @@ fn build_entry(
         }
         Entry::Mask { path } => {
             let at = under(root, path);
-            if at.exists() {
+            if at.is_dir() {
+                let empty = plan.staging.join("empty");
+                make_dirs(&empty)?;
+                step(
+                    "hide a secrets directory",
+                    &at,
+                    mount(Some(&empty), &at, none, MsFlags::MS_BIND, none),
+                )?;
+                remount_read_only(&at)?;
+            } else if at.exists() {
                 step(
                     "hide a credentials file",
                     &at,
@@ -335,7 +345,7 @@ fn build_entry(
                     none,
                 ),
             )?;
-            remount_read_only(&at)?;
+            make_tree_read_only(&at)?;
         }
     }
     Ok(())
@@ -421,6 +431,61 @@ fn remount_read_only(at: &Path) -> Result<(), SetupError> {
         other => other,
     };
     step("remount read-only", at, result)
+}
+
+/// Makes a recursive bind read-only with every mount below it: a plain
+/// read-only remount would change the top mount only and leave a writable
+/// submount writable. Uses `mount_setattr` (Linux 5.12 and later) and falls
+/// back to the top mount alone where the kernel lacks it.
+fn make_tree_read_only(at: &Path) -> Result<(), SetupError> {
+    /// `struct mount_attr` from <linux/mount.h>.
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    const AT_RECURSIVE: libc::c_int = 0x8000;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let path =
+        super::sys::cstring(at.as_os_str().as_encoded_bytes()).map_err(|err| SetupError {
+            step: "remount read-only".into(),
+            path: at.display().to_string(),
+            errno: libc::EINVAL,
+            detail: err.to_string(),
+        })?;
+    // SAFETY: `path` is a NUL-terminated string and `attr` a correctly sized
+    // mount_attr, both alive for the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            AT_RECURSIVE as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if ret == 0 {
+        return Ok(());
+    }
+    let errno = std::io::Error::last_os_error();
+    if errno.raw_os_error() == Some(libc::ENOSYS) {
+        return remount_read_only(at);
+    }
+    Err(SetupError {
+        step: "remount read-only".into(),
+        path: at.display().to_string(),
+        errno: errno.raw_os_error().unwrap_or(0),
+        detail: errno.to_string(),
+    })
 }
 
 /// Mounts a fresh `/proc` for the container's PID namespace. It must be

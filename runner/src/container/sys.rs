@@ -239,6 +239,64 @@ pub fn set_nproc_limit(limit: u64) -> io::Result<()> {
     check(unsafe { libc::setrlimit(libc::RLIMIT_NPROC, &value) }).map(drop)
 }
 
+/// Installs a seccomp filter that makes `keyctl`, `add_key` and
+/// `request_key` fail with EPERM. Kernel keyrings belong to a user, not to
+/// a namespace: without the filter a test could find the invoking user's
+/// keyring in /proc/keys, link it, read its keys and leave keys behind.
+/// Requires `no_new_privs`, which `drop_privileges` sets.
+pub fn deny_keyring_syscalls() -> io::Result<()> {
+    #[cfg(target_arch = "x86_64")]
+    const AUDIT_ARCH: u32 = 0xC000_003E;
+    #[cfg(target_arch = "aarch64")]
+    const AUDIT_ARCH: u32 = 0xC000_00B7;
+    // NOTE: on other architectures the keyring stays reachable.
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    return Ok(());
+
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    {
+        // Classic BPF opcodes and seccomp_data offsets, from <linux/filter.h>
+        // and <linux/seccomp.h>.
+        const LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
+        const JEQ_K: u16 = 0x05 | 0x10 | 0x00;
+        const AND_K: u16 = 0x04 | 0x50 | 0x00;
+        const RET_K: u16 = 0x06;
+        const OFFSET_NR: u32 = 0;
+        const OFFSET_ARCH: u32 = 4;
+        // Clears x86_64's x32 bit, so the x32 numbers of these calls match.
+        const NOT_X32: u32 = !0x4000_0000;
+        let deny = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+        let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+        let program = [
+            op(LD_W_ABS, 0, 0, OFFSET_ARCH),
+            op(JEQ_K, 0, 5, AUDIT_ARCH),
+            op(LD_W_ABS, 0, 0, OFFSET_NR),
+            op(AND_K, 0, 0, NOT_X32),
+            op(JEQ_K, 3, 0, libc::SYS_keyctl as u32),
+            op(JEQ_K, 2, 0, libc::SYS_add_key as u32),
+            op(JEQ_K, 1, 0, libc::SYS_request_key as u32),
+            op(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+            op(RET_K, 0, 0, deny),
+        ];
+        let fprog = libc::sock_fprog {
+            len: program.len() as u16,
+            filter: program.as_ptr() as *mut _,
+        };
+        // SAFETY: `fprog` points at `program`, which outlives the call; the
+        // kernel copies the filter.
+        check(unsafe {
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                &fprog as *const libc::sock_fprog as libc::c_ulong,
+                0,
+                0,
+            )
+        })
+        .map(drop)
+    }
+}
+
 /// Returns the highest capability number the kernel supports. The zygote
 /// reads it once, and each container's init inherits the value.
 pub fn last_capability() -> libc::c_ulong {
