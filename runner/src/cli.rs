@@ -410,6 +410,22 @@ pub fn run(cli: Cli, zygote: ZygoteHandle) -> i32 {
         return exit_code::USAGE;
     }
 
+    // Every thread started from here on inherits this mask, and one thread
+    // turns SIGINT and SIGTERM into an orderly stop: it ends the cargo
+    // build if one runs, and stops the containers.
+    let _ = termination_signals().thread_block();
+    let (cancel, interrupted) = match Cancel::new() {
+        Ok(c) => {
+            let cancel = Arc::new(c);
+            let interrupted = watch_signals(Arc::clone(&cancel));
+            (cancel, interrupted)
+        }
+        Err(e) => {
+            eprintln!("error: cannot create a pipe: {e}");
+            return exit_code::INTERNAL;
+        }
+    };
+
     let metadata = match plan::workspace_metadata(&cli.build) {
         Ok(m) => m,
         Err(err) => {
@@ -424,7 +440,12 @@ pub fn run(cli: Cli, zygote: ZygoteHandle) -> i32 {
             return exit_code::USAGE;
         }
     };
-    let build = match plan::build(&cli.build, metadata) {
+    let build = plan::build(&cli.build, metadata);
+    if interrupted.load(Ordering::SeqCst) {
+        eprintln!("error: interrupted while building");
+        return exit_code::INTERRUPTED;
+    }
+    let build = match build {
         Ok(b) => b,
         Err(err) => {
             eprintln!("error: {err}");
@@ -432,23 +453,6 @@ pub fn run(cli: Cli, zygote: ZygoteHandle) -> i32 {
         }
     };
     let binary_count = build.binaries.len();
-
-    // Until here SIGINT and SIGTERM end the runner at once, which leaves
-    // nothing behind: cargo gets the terminal's SIGINT too, and no
-    // container or cgroup exists yet. From here on every thread inherits
-    // this mask, and one thread turns the signals into an orderly stop.
-    let _ = termination_signals().thread_block();
-    let (cancel, interrupted) = match Cancel::new() {
-        Ok(c) => {
-            let cancel = Arc::new(c);
-            let interrupted = watch_signals(Arc::clone(&cancel));
-            (cancel, interrupted)
-        }
-        Err(e) => {
-            eprintln!("error: cannot create a pipe: {e}");
-            return exit_code::INTERNAL;
-        }
-    };
 
     let toolchain = Toolchain::current();
     // A fresh directory with an unpredictable name, mode 0700: a name
@@ -1140,9 +1144,10 @@ fn watch_signals(cancel: Arc<Cancel>) -> Arc<AtomicBool> {
     let _ = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if termination_signals().wait().is_ok() {
+            if let Ok(signal) = termination_signals().wait() {
                 flag.store(true, Ordering::SeqCst);
                 cancel.trigger();
+                plan::stop_build(signal as i32);
             }
         });
     interrupted

@@ -232,6 +232,20 @@ pub fn workspace_metadata(args: &BuildArgs) -> Result<Metadata, PlanError> {
     Ok(metadata_command.exec()?)
 }
 
+/// The pid of the running `cargo test --no-run`, or 0.
+static BUILD_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Forwards a termination signal to the cargo build, if one runs.
+pub fn stop_build(signal: i32) {
+    let pid = BUILD_PID.load(std::sync::atomic::Ordering::SeqCst);
+    if pid > 0 {
+        if let Ok(signal) = nix::sys::signal::Signal::try_from(signal) {
+            // The pid stays ours until `build` reaps it and clears BUILD_PID.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
+    }
+}
+
 /// Builds the test binaries and reads them from cargo's messages.
 pub fn build(args: &BuildArgs, metadata: Metadata) -> Result<Build, PlanError> {
     let target_dir = match &args.target_dir {
@@ -278,7 +292,9 @@ pub fn build(args: &BuildArgs, metadata: Metadata) -> Result<Build, PlanError> {
     let status = child.wait().map_err(|source| PlanError::Spawn {
         command: "cargo test --no-run".into(),
         source,
-    })?;
+    });
+    BUILD_PID.store(0, std::sync::atomic::Ordering::SeqCst);
+    let status = status?;
     if !status.success() {
         return Err(PlanError::Build { status });
     }

@@ -24,6 +24,7 @@ use std::time::Duration;
 use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags};
 
 pub use rootfs::{Entry, RootfsPlan};
+pub use sys::unblock_signals_at_exec;
 pub use sys::Rusage;
 
 /// The program, environment and settings of one container.

@@ -174,6 +174,23 @@ pub fn block_signals(signals: &[libc::c_int]) -> libc::sigset_t {
     }
 }
 
+/// Makes a command start with no signal blocked. A child inherits its
+/// parent's signal mask across `exec`, and the runner blocks SIGINT and
+/// SIGTERM in every thread.
+pub fn unblock_signals_at_exec(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs between fork and exec and calls only
+    // pthread_sigmask, which is async-signal-safe, on stack data.
+    unsafe {
+        command.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+}
+
 /// Unblocks every signal and resets every handler to its default, as a
 /// freshly executed program expects.
 pub fn reset_signals() {
