@@ -263,8 +263,9 @@ pub struct Phases {
     /// Creating the cgroup and writing its caps.
     #[serde(with = "crate::outcome::opt_secs")]
     pub cgroup: Option<Duration>,
-    /// From the spawn request to the zygote's reply: clone, uid map,
-    /// joining the cgroup.
+    /// From the spawn request (clone, uid map, joining the cgroup, init's
+    /// mounts) until the worker takes the ready container. The request
+    /// goes out while an earlier test runs, so this includes waiting.
     #[serde(with = "crate::outcome::opt_secs")]
     pub spawn: Option<Duration>,
     /// Init's mounts, hostname and loopback, up to the test's fork.

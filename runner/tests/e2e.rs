@@ -697,6 +697,11 @@ fn cargo_credentials_are_masked() {
         "[registry]\ntoken = \"secret-token\"\n",
     )
     .unwrap();
+    fs::write(
+        home.join("config.toml"),
+        "[registries.private]\ntoken = \"secret-token\"\n",
+    )
+    .unwrap();
     let output = runner()
         .arg("--manifest-path")
         .arg(fixture_dir().join("Cargo.toml"))
