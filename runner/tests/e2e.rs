@@ -381,6 +381,7 @@ fn isolation_checks_pass_inside() {
         "host_kernel_files_are_read_only",
         "only_standard_fds_are_open",
         "kernel_keyrings_are_out_of_reach",
+        "runner_command_line_is_hidden",
     ] {
         assert_eq!(run.outcome(name), "passed", "{name}: {}", run.result(name));
     }

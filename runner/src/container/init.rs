@@ -39,6 +39,7 @@ pub fn run(plan: &RootfsPlan, spec: &Spec, fds: InitFds) -> ! {
     let mut keep = vec![fds.stdout, fds.stderr, fds.report, fds.release];
     keep.extend(fds.start);
     sys::close_other_fds(&keep);
+    sys::clear_command_line();
 
     let mut byte = [0u8; 1];
     let released = matches!(sys::read(fds.release, &mut byte), Ok(1));

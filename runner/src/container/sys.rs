@@ -314,6 +314,34 @@ pub fn deny_keyring_syscalls() -> io::Result<()> {
     }
 }
 
+/// Overwrites this process's command line with zeros. Init is a clone of
+/// the runner, so without this a test would read the runner's arguments,
+/// `--env` values included, in /proc/1/cmdline.
+pub fn clear_command_line() {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces; arg_start and arg_end are fields 48 and 49 of proc(5).
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return;
+    };
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let (Some(start), Some(end)) = (fields.get(45), fields.get(46)) else {
+        return;
+    };
+    let (Ok(start), Ok(end)) = (start.parse::<usize>(), end.parse::<usize>()) else {
+        return;
+    };
+    if start == 0 || end <= start {
+        return;
+    }
+    // SAFETY: the kernel reports [arg_start, arg_end) as this process's
+    // argument strings, which lie in its own writable stack mapping; init
+    // reads its arguments through copies taken at the runner's start.
+    unsafe { std::ptr::write_bytes(start as *mut u8, 0, end - start) };
+}
+
 /// Returns the highest capability number the kernel supports. The zygote
 /// reads it once, and each container's init inherits the value.
 pub fn last_capability() -> libc::c_ulong {
