@@ -107,8 +107,8 @@ pub fn run(
 }
 
 /// How many containers each worker keeps built ahead of its running test.
-/// Two keep both CPUs of a small machine busy while the kernel finishes a
-/// container's setup (the old root's detach waits for an RCU grace period).
+/// Measured on 500 trivial tests at two jobs on a 2-CPU VM (median of 5):
+/// 1.69 s with one ahead, 1.60 s with two, 1.60 s with three.
 const PREPARE_AHEAD: usize = 2;
 
 /// The jobs still to run, shared by the workers.
