@@ -235,13 +235,14 @@ pub fn workspace_metadata(args: &BuildArgs) -> Result<Metadata, PlanError> {
 /// The pid of the running `cargo test --no-run`, or 0.
 static BUILD_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
-/// Forwards a termination signal to the cargo build, if one runs.
+/// Forwards a termination signal to the cargo build and its children, if
+/// a build runs.
 pub fn stop_build(signal: i32) {
     let pid = BUILD_PID.load(std::sync::atomic::Ordering::SeqCst);
     if pid > 0 {
         if let Ok(signal) = nix::sys::signal::Signal::try_from(signal) {
             // The pid stays ours until `build` reaps it and clears BUILD_PID.
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), signal);
         }
     }
 }
@@ -266,10 +267,17 @@ pub fn build(args: &BuildArgs, metadata: Metadata) -> Result<Build, PlanError> {
         .args(args.cargo_args())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
+    // The runner blocks SIGINT and SIGTERM; cargo must not inherit that.
+    // A process group of its own lets the runner stop cargo together with
+    // its rustc and build-script children. NOTE: with `stty tostop` the
+    // kernel stops a background group that writes to the terminal.
+    crate::container::unblock_signals_at_exec(&mut command);
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
     let mut child = command.spawn().map_err(|source| PlanError::Spawn {
         command: "cargo test --no-run".into(),
         source,
     })?;
+    BUILD_PID.store(child.id() as i32, std::sync::atomic::Ordering::SeqCst);
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut tests = Vec::new();
     let mut bins_by_package: HashMap<String, Vec<(String, PathBuf)>> = HashMap::new();

@@ -810,3 +810,86 @@ fn refused_overlay_falls_back_to_binds() {
     );
     assert_eq!(run.outcome("passes"), "passed");
 }
+
+/// Writes a one-package workspace into a temp dir: the given `build.rs`
+/// (if any) and `tests/t.rs`.
+fn scratch_crate(build_rs: Option<&str>, test_rs: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("src")).unwrap();
+    fs::create_dir_all(dir.path().join("tests")).unwrap();
+    fs::write(
+        dir.path().join("Cargo.toml"),
+        "[package]\nname = \"scratch\"\nversion = \"0.1.0\"\nedition = \"2021\"\n[workspace]\n",
+    )
+    .unwrap();
+    fs::write(dir.path().join("src/lib.rs"), "").unwrap();
+    if let Some(build) = build_rs {
+        fs::write(dir.path().join("build.rs"), build).unwrap();
+    }
+    fs::write(dir.path().join("tests/t.rs"), test_rs).unwrap();
+    dir
+}
+
+#[test]
+fn sigterm_during_build_stops_cargo() {
+    // The build script takes 20 s, so the signal lands mid-build.
+    let build = "fn main() { std::thread::sleep(std::time::Duration::from_secs(20)); }\n";
+    let dir = scratch_crate(Some(build), "#[test]\nfn passes() {}\n");
+    let mut child = runner()
+        .arg("--manifest-path")
+        .arg(dir.path().join("Cargo.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill(2) on the pid of a child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let started = std::time::Instant::now();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the runner waited for the build"
+    );
+    let marker = dir.path().display().to_string();
+    assert!(
+        host_processes_with(&marker).is_empty(),
+        "cargo or its build script still runs"
+    );
+}
+
+#[test]
+fn listing_runs_under_the_memory_cap() {
+    // A static constructor that allocates 400 MiB when the binary lists its
+    // tests: it runs before main, in every process of the binary.
+    let test = r#"
+#[used]
+#[link_section = ".init_array"]
+static GROW: extern "C" fn() = grow;
+extern "C" fn grow() {
+    if std::env::args().any(|a| a == "--list") {
+        let mut v = vec![0u8; 400 << 20];
+        for i in (0..v.len()).step_by(4096) { v[i] = 1; }
+        std::hint::black_box(&v);
+    }
+}
+#[test]
+fn passes() {}
+"#;
+    let dir = scratch_crate(None, test);
+    let probe = run_fixture(&["--test", "verdicts", "--exact", "passes"]);
+    let output = runner()
+        .arg("--manifest-path")
+        .arg(dir.path().join("Cargo.toml"))
+        .args(["--memory", "128MiB"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !probe.has_cgroups() {
+        println!("skipped: the memory cap of listing needs cgroups");
+        return;
+    }
+    assert_eq!(output.status.code(), Some(104), "{stderr}");
+    assert!(stderr.contains("failed to list the tests"), "{stderr}");
+}
