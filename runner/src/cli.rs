@@ -96,8 +96,8 @@ fn cpus_arg(text: &str) -> Result<f64, String> {
     }
 }
 
-/// The most bytes `--env` may add: each container's request to the zygote
-/// travels as one socket message of at most 256 KiB.
+/// The maximum bytes `--env` may add, because each container's request
+/// to the zygote travels as one socket message of at most 256 KiB.
 const MAX_ENV_BYTES: usize = 128 << 10;
 
 fn env_arg(text: &str) -> Result<(String, Option<String>), String> {
@@ -1005,7 +1005,7 @@ impl Sandbox {
 
 /// Builds one container before any test runs, so a host that cannot build
 /// them stops the run with the failing step, the kernel error and the fix.
-/// When only overlayfs is refused, switches to read-only binds and says so
+/// When only overlayfs is refused, switches to read-only binds and warns
 /// once.
 fn check_container(
     zygote: &container::Zygote,

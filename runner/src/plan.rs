@@ -673,8 +673,8 @@ fn list_binary(binary: &Arc<TestBinary>, lister: &Lister) -> Result<Vec<TestCase
         )
     });
     if !binary.harness {
-        // A custom harness that speaks libtest's listing format (as
-        // libtest-mimic does) gets its tests run one by one; any other
+        // A custom harness that prints libtest's listing format (as
+        // libtest-mimic does) gets its tests run one by one. Any other
         // runs as a single test, the way `cargo test` runs it.
         return match all {
             Ok(Some(names)) if !names.is_empty() => {

@@ -337,8 +337,8 @@ pub fn clear_command_line() {
         return;
     }
     // SAFETY: the kernel reports [arg_start, arg_end) as this process's
-    // argument strings, which lie in its own writable stack mapping; init
-    // reads its arguments through copies taken at the runner's start.
+    // argument strings, which lie in its own writable stack mapping. Init
+    // reads its arguments only through copies taken at the runner's start.
     unsafe { std::ptr::write_bytes(start as *mut u8, 0, end - start) };
 }
 
