@@ -1,8 +1,7 @@
 //! Budgets: limits on a test's measured usage, judged after it ends.
 //!
-//! A cap makes the kernel stop a test; a budget lets it finish and then
-//! turns a passing test whose usage grew past the budget into `over
-//! budget`. A budget whose figure the host cannot measure is reported as
+//! A cap makes the kernel stop a test. A budget lets it finish, then turns
+//! a passing test whose usage grew past the budget into `over budget`. A budget whose figure the host cannot measure is reported as
 //! unchecked, never as met.
 
 use std::time::Duration;

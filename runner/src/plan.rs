@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
-use std::io::{BufReader, Read};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -750,27 +750,6 @@ fn run_list(
         }
     }
     Ok(Some(names))
-}
-
-/// Runs a binary on the host and returns its output; for tests of the
-/// listing code and for `--list` without a sandbox.
-pub fn host_lister(binary: &TestBinary, args: &[&str]) -> Result<ListOutput, String> {
-    let output = Command::new(&binary.path)
-        .args(args)
-        .current_dir(&binary.cwd)
-        .envs(&binary.env)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| e.to_string())?;
-    let mut stdout = String::new();
-    BufReader::new(&output.stdout[..])
-        .read_to_string(&mut stdout)
-        .ok();
-    Ok(ListOutput {
-        code: output.status.code(),
-        stdout,
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    })
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ pub fn jobs(
 ///
 /// Each worker builds the container of its next job while the current
 /// test runs, so namespace creation, mounts and the old root's detach
-/// overlap with test time instead of adding to it. Init holds a prepared
+/// overlap with test time instead of adding to it. Init keeps a prepared
 /// container at its start gate, so no more than `workers` tests run at
 /// once. Reaping finished containers and removing their cgroups happens
 /// on a separate thread.

@@ -277,7 +277,9 @@ pub struct Phases {
     /// Waiting for processes the test left behind.
     #[serde(with = "crate::outcome::opt_secs")]
     pub leak_wait: Option<Duration>,
-    /// From init's report to the cgroup's removal: reaping, usage, cleanup.
+    /// From the end of the container's pipes to its result: reading the
+    /// cgroup's usage. Reaping and cgroup removal happen later, on the
+    /// reaper thread.
     #[serde(with = "crate::outcome::opt_secs")]
     pub teardown: Option<Duration>,
 }

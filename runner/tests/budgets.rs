@@ -7,32 +7,14 @@ use std::process::Command;
 
 use serde_json::Value;
 
+mod common;
+use common::Run;
+
 fn example_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples/budgets")
         .canonicalize()
         .unwrap()
-}
-
-struct Run {
-    code: i32,
-    events: Vec<Value>,
-    stderr: String,
-}
-
-impl Run {
-    fn result(&self, name: &str) -> &Value {
-        self.events
-            .iter()
-            .find(|e| e["event"] == "test-finished" && e["name"] == name)
-            .unwrap_or_else(|| panic!("no result for {name}; stderr:\n{}", self.stderr))
-    }
-
-    fn has_cgroups(&self) -> bool {
-        self.events
-            .iter()
-            .any(|e| e["event"] == "run-started" && e["cgroups"] != "none")
-    }
 }
 
 fn run_in(dir: &Path, args: &[&str]) -> Run {
@@ -43,15 +25,7 @@ fn run_in(dir: &Path, args: &[&str]) -> Run {
         .args(args)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        events: stdout
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    Run::from_output(output)
 }
 
 /// Copies the example workspace (without its target dir) so a test can

@@ -7,10 +7,13 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+
+mod common;
+use common::Run;
 
 fn runner() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cargo-sandbox-test"))
@@ -21,50 +24,6 @@ fn fixture_dir() -> PathBuf {
         .join("../fixtures/misbehave")
         .canonicalize()
         .unwrap()
-}
-
-/// The parsed JSON events of one run.
-struct Run {
-    code: i32,
-    events: Vec<Value>,
-    stderr: String,
-}
-
-impl Run {
-    fn from_output(output: Output) -> Run {
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let events = stdout
-            .lines()
-            .filter(|l| l.starts_with('{'))
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event {l:?}: {e}")))
-            .collect();
-        Run {
-            code: output.status.code().unwrap_or(-1),
-            events,
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    }
-
-    fn finished(&self) -> impl Iterator<Item = &Value> {
-        self.events.iter().filter(|e| e["event"] == "test-finished")
-    }
-
-    fn result(&self, name: &str) -> &Value {
-        self.finished()
-            .find(|e| e["name"] == name)
-            .unwrap_or_else(|| panic!("no result for {name}; stderr:\n{}", self.stderr))
-    }
-
-    fn outcome(&self, name: &str) -> &str {
-        self.result(name)["outcome"].as_str().unwrap()
-    }
-
-    /// Returns whether the run had cgroups, from its start event.
-    fn has_cgroups(&self) -> bool {
-        self.events
-            .iter()
-            .any(|e| e["event"] == "run-started" && e["cgroups"] != "none")
-    }
 }
 
 /// Runs the runner on the misbehave fixture with JSON events.

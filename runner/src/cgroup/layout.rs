@@ -3,7 +3,7 @@
 //!
 //! Hosts come in three shapes: cgroup v1 (one hierarchy per controller or
 //! per group of controllers), v2 (one unified tree), and hybrid (some
-//! controllers on v1 while the v2 tree holds the rest, often nothing). Each
+//! controllers on v1 while the v2 tree has the rest, often nothing). Each
 //! controller is located on its own, so a hybrid host whose memory and pids
 //! controllers sit on v1 works the same as a pure host.
 
@@ -392,7 +392,7 @@ mod tests {
     #[test]
     fn container_sees_own_cgroup_as_root() {
         // Inside a container with a private cgroup namespace, /proc/self/cgroup
-        // says `/` and the mount root is `/` too.
+        // shows `/` and the mount root is `/` too.
         let cgroup = "0::/\n";
         let mountinfo = "600 590 0:30 / /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n";
         let layout = Layout::parse(cgroup, mountinfo, |_| Some("memory pids".into()));

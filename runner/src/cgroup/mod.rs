@@ -2,13 +2,16 @@
 //! kill and removal, on v1, v2 and hybrid hosts.
 //!
 //! This module writes the cgroup files itself instead of going through the
-//! `cgroups-rs` crate. Checked with cgroups-rs 0.5.1: it picks one version
-//! for the whole host, so it cannot place memory on v1 and another
-//! controller on v2 the way hybrid hosts split them; `apply()` returns `Ok`
-//! for memory limits it failed to write; stat files that do not exist read
-//! as 0, where we must report "unavailable"; it has no getter for
-//! `pids.peak` and no kill for v1. The workarounds were larger than what the
-//! crate still did, and the per-test path is a handful of small file writes.
+//! `cgroups-rs` crate. Checked with cgroups-rs 0.5.1:
+//! - it picks one version for the whole host, so it cannot place memory on
+//!   v1 and another controller on v2 the way hybrid hosts split them;
+//! - `apply()` returns `Ok` for memory limits it failed to write;
+//! - stat files that do not exist read as 0, where we must report
+//!   "unavailable";
+//! - it has no getter for `pids.peak` and no kill for v1.
+//!
+//! The workarounds were larger than what the crate still did, and the
+//! per-test path is a handful of small file writes.
 //!
 //! Layout on disk, per hierarchy: `<own cgroup>/cargo-sandbox-test.<pid>/`
 //! for a run, and `t<N>` below it for each test. A run directory whose pid is
@@ -556,32 +559,15 @@ impl TestCgroup {
         usage
     }
 
-    /// Kills every process in the cgroup: `cgroup.kill` on v2; on v1 freeze,
-    /// SIGKILL each pid, thaw, so no process can fork between the read of
-    /// `cgroup.procs` and the kill.
+    /// Kills every process in the cgroup: `cgroup.kill` on v2, SIGKILL to
+    /// each pid in `cgroup.procs` on v1. The v1 way can miss a process
+    /// forked meanwhile, which the caller's SIGKILL to the container's
+    /// init catches: every process of the PID namespace dies with it.
     pub fn kill_all(&self) {
         for d in &self.dirs {
             if d.version == Version::V2 {
                 let kill = d.dir.join("cgroup.kill");
                 if kill.exists() && fs::write(&kill, "1").is_ok() {
-                    return;
-                }
-            }
-        }
-        if let Some(d) = self.dir_of(Controller::Freezer) {
-            if d.version == Version::V1 {
-                let state = d.dir.join("freezer.state");
-                if fs::write(&state, "FROZEN").is_ok() {
-                    let deadline = Instant::now() + Duration::from_millis(500);
-                    while Instant::now() < deadline {
-                        let now = fs::read_to_string(&state).unwrap_or_default();
-                        if now.trim() == "FROZEN" {
-                            break;
-                        }
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    kill_procs_in(&d.dir);
-                    let _ = fs::write(&state, "THAWED");
                     return;
                 }
             }

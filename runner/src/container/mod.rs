@@ -359,7 +359,7 @@ impl Zygote {
 impl Drop for Zygote {
     /// Shuts the socket down so the zygote reads end of file and exits,
     /// killing any container still running, even while the reply thread
-    /// still holds the descriptor.
+    /// still keeps the descriptor open.
     fn drop(&mut self) {
         let _ = socket::shutdown(self.socket.as_raw_fd(), socket::Shutdown::Both);
     }

@@ -5,7 +5,7 @@
 //! rejects an overlay whose lower directory has locked submounts (EINVAL),
 //! and an overlay would hide those submounts anyway. Each top-level
 //! directory is overlaid on its own instead, with the upper and work
-//! directories on a tmpfs private to the container; a directory with
+//! directories on a tmpfs private to the container. A directory with
 //! submounts is bound recursively and read-only.
 
 use std::fs;

@@ -27,7 +27,7 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
 /// caller's stack with only the calling thread.
 pub unsafe fn clone_into_namespaces(flags: libc::c_int) -> io::Result<libc::pid_t> {
     // SAFETY: with a null stack the kernel gives the child a copy-on-write
-    // copy of the parent's stack, as fork() does; the caller guarantees a
+    // copy of the parent's stack, as fork() does. The caller guarantees a
     // single thread, so no lock can be held by a thread that does not exist
     // in the child.
     let ret = unsafe {

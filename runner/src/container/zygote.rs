@@ -32,7 +32,8 @@ struct Zygote {
 /// Runs the zygote's loop until the runner closes its socket. Never
 /// returns.
 pub fn main(socket: RawFd) -> ! {
-    // SAFETY: getuid and getgid cannot fail.
+    // SAFETY: getuid and getgid take no arguments and always succeed
+    // (getuid(2)).
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let mut zygote = Zygote {
         socket,
@@ -48,7 +49,7 @@ pub fn main(socket: RawFd) -> ! {
         nix::sys::signalfd::SfdFlags::SFD_CLOEXEC | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
     );
     let Ok(sigchld) = sigchld else {
-        // SAFETY: _exit is always safe to call.
+        // SAFETY: _exit takes an integer and ends this process.
         unsafe { libc::_exit(1) }
     };
     let sigchld_fd = std::os::fd::AsRawFd::as_raw_fd(&sigchld);
@@ -275,7 +276,7 @@ impl Zygote {
         for pid in self.running.keys() {
             let _ = sys::kill(*pid, libc::SIGKILL);
         }
-        // SAFETY: _exit is always safe to call.
+        // SAFETY: _exit takes an integer and ends this process.
         unsafe { libc::_exit(0) }
     }
 }

@@ -187,7 +187,7 @@ fn test_cgroup_checks(run: &RunCgroups) -> Vec<Check> {
     checks
 }
 
-/// What the doctor's test cgroup provides.
+/// The files the doctor's test cgroup offers.
 #[derive(Debug, Clone, Copy)]
 struct TestCgroupFacts {
     /// Version of the memory hierarchy, `None` when the run has no memory
